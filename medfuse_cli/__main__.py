@@ -1,0 +1,5 @@
+"""``python -m medfuse_cli`` runs the same CLI as the ``medfuse`` command."""
+
+from medfuse_cli.cli.app import main
+
+main()

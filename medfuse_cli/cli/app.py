@@ -1,0 +1,50 @@
+"""The ``medfuse`` Typer app and its entry point.
+
+Subcommands parse arguments, call the core and print; every user-facing problem is raised as
+``MedfuseError`` and printed here as one line on stderr with exit status 1 (usage errors are
+Typer's, exit status 2). No traceback reaches the user for bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from medfuse_cli import __version__
+from medfuse_cli.cli import fuse, models
+from medfuse_cli.errors import MedfuseError
+
+app = typer.Typer(
+    name="medfuse",
+    help="Fuse co-registered MRI with SPECT, PET or CT images (LWNet, LYWNet, classical rules).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("fuse")(fuse.fuse)
+app.command("models")(models.models)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"medfuse {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """medfuse: multimodal medical image fusion."""
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning MedfuseError into one line."""
+    try:
+        app()
+    except MedfuseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Training: data sets of patches, losses, and the loops that fit each network."""

@@ -1,0 +1,64 @@
+"""Resumable training state in safetensors + JSON, so resuming never unpickles anything.
+
+A training run saves after every epoch: the model's tensors, the optimizer's tensors (flattened
+under ``optim/<param index>/<name>``), and everything else (epoch, RNG states, logs, options)
+as JSON in the safetensors header. ``load_training_state`` rebuilds both state dicts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medfuse_cli.weights import read_checkpoint, write_checkpoint
+
+_MODEL = "model/"
+_OPTIM = "optim/"
+
+
+@dataclass
+class TrainingState:
+    """What a run needs to continue exactly where it stopped."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict
+    progress: dict
+
+
+def save_training_state(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: dict
+) -> None:
+    """Write model, optimizer and JSON-serialisable ``progress`` atomically to ``path``."""
+    tensors = {_MODEL + name: t for name, t in model.state_dict().items()}
+    optim_state = optimizer.state_dict()
+    scalars: dict[str, dict] = {}
+    for index, per_param in optim_state["state"].items():
+        for key, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"{_OPTIM}{index}/{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    metadata = {
+        "progress": json.dumps(progress),
+        "optim_groups": json.dumps(optim_state["param_groups"]),
+        "optim_scalars": json.dumps(scalars),
+    }
+    write_checkpoint(path, tensors, metadata)
+
+
+def load_training_state(path: Path) -> TrainingState:
+    """Read what ``save_training_state`` wrote."""
+    loaded = read_checkpoint(path)
+    model = {k[len(_MODEL) :]: v for k, v in loaded.tensors.items() if k.startswith(_MODEL)}
+    state: dict[int, dict] = {}
+    for name, value in loaded.tensors.items():
+        if name.startswith(_OPTIM):
+            index, key = name[len(_OPTIM) :].split("/", 1)
+            state.setdefault(int(index), {})[key] = value
+    for index, values in json.loads(loaded.metadata["optim_scalars"]).items():
+        state.setdefault(int(index), {}).update(values)
+    optimizer = {"state": state, "param_groups": json.loads(loaded.metadata["optim_groups"])}
+    return TrainingState(model=model, optimizer=optimizer, progress=json.loads(loaded.metadata["progress"]))
