@@ -1,0 +1,421 @@
+"""LYWNet: multi-scale pyramid residual weight network (Li et al., QIMS 2024), as the authors ran it.
+
+The structure follows the paper's figures and, where the paper is vague, the authors' published
+code (GitHub 177659/LYWNet, commit a33ed69), read from ``../shared/papers/NOTES.md``::
+
+    Y ─ FeaturePreprocessor ─ x ─ LYWBlock ─ LYWBlock ─ LYWBlock ─(+x)─ features
+                                  (one block, the same weights three times)
+
+    features(MRI), features(functional) ─ FDSFusion(T) ─ Reconstructor ─ fused Y
+
+Training is an autoencoder on single Y images (``autoencode``); fusion happens only at test time.
+
+Normalisation. Every ``ImageNorm`` is a BatchNorm whose statistics come from one image: the
+authors' checkpoint was saved in training mode and their test never calls ``eval()``, so at
+inference each BatchNorm normalised with the statistics of the single image in the batch. We
+reproduce that per sample (instance-wise over H, W for each channel, which equals batch-of-one
+BatchNorm), so batching images together never changes a result. Running statistics are not an
+option for this network: several BatchNorm modules are shared between call sites whose inputs
+have different distributions (the preprocessor's one BatchNorm normalises four different
+tensors), so one running average would fit none of them. Training (``model.train()``) uses the
+statistics of the whole batch, as the authors trained.
+
+Input size. The micro pyramid pools twice by 2, so the network needs H and W divisible by 4.
+``LYWNet`` reflect-pads the inputs up to the next multiple of 4 and crops the output back, so any
+image of at least 4 x 4 pixels works.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medfuse_cli.errors import MedfuseError
+from medfuse_cli.fusers.registry import CheckpointSpec, FuserSpec, LoadedCheckpoint, register_fuser
+
+CHANNELS = 64
+DEFAULT_TEMPERATURE = 30.0
+
+
+class ImageNorm(nn.BatchNorm2d):
+    """BatchNorm with batch statistics in training and per-image statistics otherwise.
+
+    No running statistics are kept (see the module docstring); the state is the affine
+    ``weight`` and ``bias`` only.
+    """
+
+    def __init__(self, channels: int = CHANNELS) -> None:
+        super().__init__(channels, track_running_stats=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return super().forward(x)
+        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+
+
+def conv(in_channels: int, out_channels: int, kernel: int, bias: bool = True) -> nn.Conv2d:
+    """A stride-1 convolution that keeps the spatial size."""
+    return nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=bias)
+
+
+class FeaturePreprocessor(nn.Module):
+    """Fig. 3: 1x1, 3x3 and 5x5 convolutions in sequence, their outputs concatenated, then 1x1.
+
+    Every convolution is followed by the same (shared) BatchNorm and a ReLU.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a = conv(1, CHANNELS, 1)
+        self.conv_b = conv(CHANNELS, CHANNELS, 3)
+        self.conv_c = conv(CHANNELS, CHANNELS, 5)
+        self.conv_merge = conv(3 * CHANNELS, CHANNELS, 1)
+        self.norm = ImageNorm()
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        a = self._cbr(self.conv_a, y)
+        b = self._cbr(self.conv_b, a)
+        c = self._cbr(self.conv_c, b)
+        return self._cbr(self.conv_merge, torch.cat([a, b, c], dim=1))
+
+    def _cbr(self, layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(layer(x)))
+
+
+class MicroPyramid(nn.Module):
+    """Eq. 1: the input plus three pyramid levels (full, 1/2, 1/4 resolution), normalised.
+
+    One 3x3 convolution serves all levels: level k pools k times by 2, applies the convolution
+    k + 1 times, then BatchNorm, ReLU and nearest upsampling back. Needs H, W divisible by 4.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = conv(CHANNELS, CHANNELS, 3)
+        self.norm = ImageNorm()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        levels = [x]
+        for level in range(3):
+            y = x
+            for _ in range(level):
+                y = F.avg_pool2d(y, 2)
+            for _ in range(level + 1):
+                y = self.conv(y)
+            y = F.relu(self.norm(y))
+            levels.append(F.interpolate(y, scale_factor=2**level, mode="nearest") if level else y)
+        return self.norm(sum(levels))
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block at 64 channels: 3x3, BN, ReLU, 3x3, BN, + identity, ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv(CHANNELS, CHANNELS, 3, bias=False)
+        self.bn1 = ImageNorm()
+        self.conv2 = conv(CHANNELS, CHANNELS, 3, bias=False)
+        self.bn2 = ImageNorm()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(x + self.bn2(self.conv2(out)))
+
+
+class Bottleneck(nn.Module):
+    """ResNet's bottleneck without expansion: 1x1, 3x3, 1x1 (each BN), + identity, ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv(CHANNELS, CHANNELS, 1, bias=False)
+        self.bn1 = ImageNorm()
+        self.conv2 = conv(CHANNELS, CHANNELS, 3, bias=False)
+        self.bn2 = ImageNorm()
+        self.conv3 = conv(CHANNELS, CHANNELS, 1, bias=False)
+        self.bn3 = ImageNorm()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(x + self.bn3(self.conv3(out)))
+
+
+class RepeatedBlock(nn.Module):
+    """One block applied ``times`` times in a row with the same weights."""
+
+    def __init__(self, block: nn.Module, times: int) -> None:
+        super().__init__()
+        self.block = block
+        self.times = times
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.times):
+            x = self.block(x)
+        return x
+
+
+class MultiBasicBlock(RepeatedBlock):
+    """Fig. 5's multi basic block: one basic block, three times."""
+
+    def __init__(self) -> None:
+        super().__init__(BasicBlock(), times=3)
+
+
+class MultiBottleneck(RepeatedBlock):
+    """Fig. 5's multi bottleneck: one bottleneck, twice."""
+
+    def __init__(self) -> None:
+        super().__init__(Bottleneck(), times=2)
+
+
+class MicroPPM(nn.Module):
+    """Fig. 6: a pyramid pooling module reduced to one pooled scale.
+
+    With p the 1x1 projection (one module, used three times as in the authors' code):
+    s = up(ReLU(BN(avgpool_5x5_s2(x)))) + p(x); out = p(x) + merge(cat(conv3x3(s), p(x))).
+    Needs H, W even.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = conv(CHANNELS, CHANNELS, 1)
+        self.norm = ImageNorm()
+        self.conv = conv(CHANNELS, CHANNELS, 3)
+        self.merge = conv(2 * CHANNELS, CHANNELS, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.avg_pool2d(x, kernel_size=5, stride=2, padding=2)
+        scale = F.interpolate(F.relu(self.norm(pooled)), scale_factor=2, mode="nearest") + self.proj(x)
+        return self.proj(x) + self.merge(torch.cat([self.conv(scale), self.proj(x)], dim=1))
+
+
+class BAG(nn.Module):
+    """Fig. 7's boundary-attention-guided fusion (PIDNet's Bag without its output convolution).
+
+    The detail branch d decides per element between the pyramid branch p and the context i:
+    out = p * sigmoid(d) + i * (1 - sigmoid(d)). It has no parameters.
+    """
+
+    def forward(self, p: torch.Tensor, i: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        edge = torch.sigmoid(d)
+        return p * edge + i * (1 - edge)
+
+
+class LYWBlock(nn.Module):
+    """Fig. 5: pyramid, basic-block and bottleneck branches, crossed twice, joined by BAG.
+
+    With N the block's shared BatchNorm: P0 = Pyr(x), R0 = Res(x), K0 = Bot(x);
+    P1 = Pyr(N(P0 + R0)), R1 = Res(R0), K1 = Bot(N(R0 + K0));
+    out = BAG(P1 + R1, PPM(R1), R1 + K1).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pyramid = MicroPyramid()
+        self.basic = MultiBasicBlock()
+        self.bottleneck = MultiBottleneck()
+        self.norm = ImageNorm()
+        self.ppm = MicroPPM()
+        self.bag = BAG()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p0, r0, k0 = self.pyramid(x), self.basic(x), self.bottleneck(x)
+        p1 = self.pyramid(self.norm(p0 + r0))
+        r1 = self.basic(r0)
+        k1 = self.bottleneck(self.norm(r0 + k0))
+        return self.bag(p1 + r1, self.ppm(r1), r1 + k1)
+
+
+class FeatureExtractor(nn.Module):
+    """Fig. 4: preprocessor, then one LYW block applied three times, plus a global residual."""
+
+    def __init__(self, repeats: int = 3) -> None:
+        super().__init__()
+        self.preprocessor = FeaturePreprocessor()
+        self.block = LYWBlock()
+        self.repeats = repeats
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        x = self.preprocessor(y)
+        out = x
+        for _ in range(self.repeats):
+            out = self.block(out)
+        return x + out
+
+
+class FDSFusion(nn.Module):
+    """Eq. 6, the feature distillation strategy: a per-element softmax over the two sources.
+
+    k_a = exp(Fa/T) / (exp(Fa/T) + exp(Fb/T)) is computed as sigmoid((Fa - Fb)/T), the same
+    value without overflow; fused = k_a * Fa + (1 - k_a) * Fb.
+    """
+
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise MedfuseError(f"temperature must be positive, got {temperature}")
+        self.temperature = temperature
+
+    def forward(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        ka = torch.sigmoid((fa - fb) / self.temperature)
+        return ka * fa + (1 - ka) * fb
+
+
+class Reconstructor(nn.Module):
+    """Fig. 2's reconstructor: 3x3 (64), 3x3 (32), 1x1 (1); no normalisation, no activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv(CHANNELS, CHANNELS, 3)
+        self.conv2 = conv(CHANNELS, CHANNELS // 2, 3)
+        self.conv3 = conv(CHANNELS // 2, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.conv2(self.conv1(x)))
+
+
+class LYWNet(nn.Module):
+    """The whole network: a fuser for two Y images and an autoencoder for training."""
+
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE) -> None:
+        super().__init__()
+        self.extractor = FeatureExtractor()
+        self.fusion = FDSFusion(temperature)
+        self.reconstructor = Reconstructor()
+
+    def forward(self, anatomical: torch.Tensor, functional: torch.Tensor) -> torch.Tensor:
+        """Fuse two Y images in [0, 1] of shape (N, 1, H, W); returns the fused Y in [0, 1]."""
+        if anatomical.shape != functional.shape:
+            raise MedfuseError(
+                f"images differ in size: {tuple(anatomical.shape)} vs {tuple(functional.shape)}"
+            )
+        height, width = anatomical.shape[-2:]
+        fa = self.extractor(pad_to_multiple(anatomical))
+        fb = self.extractor(pad_to_multiple(functional))
+        fused = self.reconstructor(self.fusion(fa, fb))
+        return fused[..., :height, :width].clamp(0.0, 1.0)
+
+    def autoencode(self, y: torch.Tensor) -> torch.Tensor:
+        """Reconstruct one Y image (the training task); H, W must be multiples of 4."""
+        return self.reconstructor(self.extractor(y))
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = 4) -> torch.Tensor:
+    """Reflect-pad the bottom and right edges so H and W are multiples of ``multiple``."""
+    height, width = x.shape[-2:]
+    if min(height, width) < multiple:
+        raise MedfuseError(
+            f"LYWNet needs images of at least {multiple}x{multiple} pixels, got {height}x{width}"
+        )
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if pad_h == pad_w == 0:
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+OWN_FORMAT = "medfuse-lywnet-1"
+AUTHORS_FORMAT = "lywnet-authors-2023"
+PER_IMAGE = "per-image"
+
+# The authors' module names -> ours (prefix rewrite; the rest of each name is unchanged).
+_AUTHORS_NAMES = {
+    "Extraction.conv0.": "extractor.preprocessor.conv_a.",
+    "Extraction.conv1.": "extractor.preprocessor.conv_b.",
+    "Extraction.conv2.": "extractor.preprocessor.conv_c.",
+    "Extraction.conv3.": "extractor.preprocessor.conv_merge.",
+    "Extraction.bn.": "extractor.preprocessor.norm.",
+    "Extraction.block.norm.": "extractor.block.norm.",
+    "Extraction.block.block1.conv1.": "extractor.block.pyramid.conv.",
+    "Extraction.block.block1.norm.": "extractor.block.pyramid.norm.",
+    "Extraction.block.block2.basicblock.": "extractor.block.basic.block.",
+    "Extraction.block.block3.bottleneck.": "extractor.block.bottleneck.block.",
+    "Extraction.block.ppm.conv0.": "extractor.block.ppm.proj.",
+    "Extraction.block.ppm.conv1.": "extractor.block.ppm.conv.",
+    "Extraction.block.ppm.conv2.": "extractor.block.ppm.merge.",
+    "Extraction.block.ppm.norm.": "extractor.block.ppm.norm.",
+    "Reconstruction.conv0.": "reconstructor.conv1.",
+    "Reconstruction.conv1.": "reconstructor.conv2.",
+    "Reconstruction.conv2.": "reconstructor.conv3.",
+}
+# Modules the authors defined but never call in the forward pass.
+_AUTHORS_UNUSED_MODULES = (
+    "Extraction.block.conv0.",
+    "Extraction.block.conv1.",
+    "Extraction.block.bag.conv1.",
+    "Extraction.block.bag.norm.",
+)
+# BatchNorm buffers: statistics their inference never used (it normalised per image).
+_BATCHNORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def from_authors_names(tensors: dict[str, torch.Tensor], model: LYWNet) -> dict[str, torch.Tensor]:
+    """Rename the authors' tensors to ``model``'s, dropping the ones their forward pass never uses.
+
+    Only listed names are dropped: a name that is neither mapped nor listed is passed through
+    unchanged, so strict loading reports it as unexpected.
+    """
+    norms = {name for name, module in model.named_modules() if isinstance(module, ImageNorm)}
+    renamed = {}
+    for name, tensor in tensors.items():
+        if name.startswith(_AUTHORS_UNUSED_MODULES):
+            continue
+        prefix = next((p for p in _AUTHORS_NAMES if name.startswith(p)), None)
+        ours = _AUTHORS_NAMES[prefix] + name[len(prefix) :] if prefix else name
+        module, _, leaf = ours.rpartition(".")
+        if leaf in _BATCHNORM_BUFFERS and module in norms:
+            continue
+        renamed[ours] = tensor
+    return renamed
+
+
+def load_lywnet(loaded: LoadedCheckpoint, temperature: float = DEFAULT_TEMPERATURE) -> LYWNet:
+    """Build LYWNet from a checkpoint in our format or the authors', chosen by its metadata."""
+    from medfuse_cli.weights import load_state_strict
+
+    model = LYWNet(temperature)
+    fmt = loaded.metadata.get("format")
+    if fmt == AUTHORS_FORMAT:
+        tensors = from_authors_names(loaded.tensors, model)
+        normalization = loaded.metadata.get("normalization", "").split(":")[0]
+    elif fmt == OWN_FORMAT:
+        tensors = loaded.tensors
+        normalization = loaded.metadata.get("normalization")
+    else:
+        raise MedfuseError(
+            f"checkpoint {loaded.source} is not a LYWNet checkpoint (format {fmt!r}, expected "
+            f"{OWN_FORMAT!r} or {AUTHORS_FORMAT!r})"
+        )
+    if normalization != PER_IMAGE:
+        raise MedfuseError(
+            f"checkpoint {loaded.source} asks for normalisation {normalization!r}; LYWNet infers "
+            f"with {PER_IMAGE!r} statistics only"
+        )
+    load_state_strict(model, tensors, loaded.source)
+    return model.eval()
+
+
+def _build(loaded: LoadedCheckpoint | None, options: dict) -> nn.Module:
+    if loaded is None:
+        raise MedfuseError("model 'lywnet' needs a checkpoint; pass --weights PATH")
+    return load_lywnet(loaded, float(options.get("temperature", DEFAULT_TEMPERATURE)))
+
+
+register_fuser(
+    FuserSpec(
+        name="lywnet",
+        kind="network",
+        summary="LYWNet (Li et al. 2024): shared-weight pyramid residual extractor, FDS fusion (T=30)",
+        build=_build,
+        checkpoints=(
+            CheckpointSpec(
+                name="harvard",
+                filename="lywnet-harvard.safetensors",
+                sha256="",
+                provenance="trained by medfuse on ../shared/data/harvard/*/train (all pairs); see weights/MODEL_CARD.md",
+            ),
+        ),
+    )
+)
