@@ -97,10 +97,14 @@ def train_lywnet(
     data_dirs: list[Path],
     out_dir: Path,
     options: LYWNetTrainingOptions,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
+    quiet: bool = False,
 ) -> Path:
-    """Train (or resume) a run in ``out_dir``; returns the weights file written after each epoch."""
+    """Train (or resume) a run in ``out_dir``; returns the weights file written after each epoch.
+
+    A rich progress bar shows loss and images/s, and a line per epoch is printed; ``quiet``
+    silences both.
+    """
+    log: Callable[[str], None] = (lambda _: None) if quiet else print
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     options.data = [str(d) for d in data_dirs]
@@ -131,7 +135,7 @@ def train_lywnet(
         TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.1f} img/s"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, disable=not progress) as bar:
+    with Progress(*columns, disable=quiet) as bar:
         for epoch in range(record["epochs_done"] + 1, options.epochs + 1):
             last = record["log"][-1]["seconds"] if record["log"] else None
             spent = time.monotonic() - started
