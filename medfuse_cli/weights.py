@@ -22,12 +22,17 @@ from medfuse_cli.atomic import write_atomically
 from medfuse_cli.errors import MedfuseError
 from medfuse_cli.fusers.registry import CheckpointSpec, LoadedCheckpoint
 
-# A source checkout (or editable install) keeps checkpoints in the repository's weights/;
-# a wheel install puts them under <prefix>/share/medfuse/weights.
-_SOURCE_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
-BUNDLED_DIR = (
-    _SOURCE_WEIGHTS if _SOURCE_WEIGHTS.is_dir() else Path(sys.prefix) / "share" / "medfuse" / "weights"
-)
+
+def _bundled_dir() -> Path:
+    """Where shipped checkpoints live: $MEDFUSE_WEIGHTS_DIR, the source tree's weights/, or
+    <prefix>/share/medfuse/weights for a wheel install."""
+    if os.environ.get("MEDFUSE_WEIGHTS_DIR"):
+        return Path(os.environ["MEDFUSE_WEIGHTS_DIR"])
+    source = Path(__file__).resolve().parent.parent / "weights"
+    return source if source.is_dir() else Path(sys.prefix) / "share" / "medfuse" / "weights"
+
+
+BUNDLED_DIR = _bundled_dir()
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
@@ -54,8 +59,7 @@ def read_checkpoint(path: Path, sha256: str | None = None) -> LoadedCheckpoint:
         tensors = load_file(str(path))
         metadata = _read_metadata(path)
     except (SafetensorError, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise MedfuseError(f"{path} is not a valid safetensors checkpoint ({reason})") from None
+        raise MedfuseError(f"{path} is not a valid safetensors checkpoint ({_first_line(exc)})") from None
     return LoadedCheckpoint(tensors=tensors, metadata=metadata, source=str(path))
 
 
@@ -116,20 +120,31 @@ def resolve_checkpoint(spec: CheckpointSpec, weights_path: Path | None = None) -
 
 
 def _download_from_hub(spec: CheckpointSpec, fallback_exists: bool) -> Path | None:
-    """Fetch ``spec`` from the Hub at its pinned revision; None when the Hub cannot serve it."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    """Fetch ``spec`` from the Hub at its pinned revision; None when the Hub cannot serve it.
+
+    One metadata request without retries comes first: ``hf_hub_download`` alone retries an
+    unreachable Hub with back-off for half a minute, too long for an offline clinic machine.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
     try:
+        get_hf_file_metadata(hf_hub_url(spec.hub_repo, spec.filename, revision=spec.hub_revision), timeout=10)
         return Path(
             hf_hub_download(repo_id=spec.hub_repo, filename=spec.filename, revision=spec.hub_revision)
         )
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
-        if not fallback_exists:
-            return None
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(
-            f"notice: Hugging Face Hub unavailable ({reason[:80]}); using the bundled {spec.filename}",
-            file=sys.stderr,
-        )
+    # The Hub client raises the transport errors of whichever HTTP library its version ships
+    # with (requests, httpx, httpx2); any failure here only means "not from the Hub", and
+    # whatever file is used next is checksum-verified.
+    except Exception as exc:
+        if fallback_exists:
+            reason = _first_line(exc)[:80]
+            print(
+                f"notice: Hugging Face Hub unavailable ({reason}); using the bundled {spec.filename}",
+                file=sys.stderr,
+            )
         return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

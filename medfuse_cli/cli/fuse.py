@@ -38,6 +38,9 @@ def fuse(
 ) -> None:
     """Fuse an MRI with a functional image (only Y is fused; Cb/Cr are kept) into a PNG."""
     started = time.perf_counter()
+    for source in (mri, functional):
+        if not source.exists():
+            raise MedfuseError(f"file not found: {source}")
     fuser_options = {} if temperature is None else {"temperature": temperature}
     fusion = Fusion(model, resolve_device(device), weights, checkpoint, fuser_options)
     if mri.is_dir() or functional.is_dir():

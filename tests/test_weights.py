@@ -1,0 +1,167 @@
+"""Checkpoints: strict safetensors loading, checksums, and the Hub path against a local server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from medfuse_cli.errors import MedfuseError
+from medfuse_cli.weights import load_state_strict, read_checkpoint, write_checkpoint
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _tiny_checkpoint(path: Path) -> str:
+    write_checkpoint(path, {"weight": torch.arange(6.0).reshape(2, 3)}, {"network": "tiny"})
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_metadata_and_tensors_round_trip(tmp_path: Path) -> None:
+    sha = _tiny_checkpoint(tmp_path / "c.safetensors")
+    loaded = read_checkpoint(tmp_path / "c.safetensors", sha)
+    assert loaded.metadata == {"network": "tiny"}
+    torch.testing.assert_close(loaded.tensors["weight"], torch.arange(6.0).reshape(2, 3))
+
+
+def test_pickle_is_refused_without_unpickling(tmp_path: Path) -> None:
+    path = tmp_path / "model.pth"
+    torch.save({"weight": torch.zeros(2)}, path)
+    with pytest.raises(MedfuseError, match="pickle"):
+        read_checkpoint(path)
+
+
+def test_truncated_and_checksum_mismatch(tmp_path: Path) -> None:
+    path = tmp_path / "c.safetensors"
+    sha = _tiny_checkpoint(path)
+    with pytest.raises(MedfuseError, match="checksum"):
+        read_checkpoint(path, "0" * 64)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(MedfuseError, match="not a valid safetensors"):
+        read_checkpoint(path)
+    with pytest.raises(MedfuseError, match="checksum"):
+        read_checkpoint(path, sha)
+
+
+def test_strict_loading_names_missing_and_unexpected(tmp_path: Path) -> None:
+    module = torch.nn.Linear(3, 2)
+    with pytest.raises(MedfuseError, match=r"missing bias.*unexpected extra"):
+        load_state_strict(module, {"weight": torch.zeros(2, 3), "extra": torch.zeros(1)}, "x")
+    with pytest.raises(MedfuseError, match=r"weight has shape \(3, 3\)"):
+        load_state_strict(module, {"weight": torch.zeros(3, 3), "bias": torch.zeros(2)}, "x")
+    load_state_strict(module, {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}, "x")
+    assert module.weight.sum().item() == 6
+
+
+class _FakeHub(BaseHTTPRequestHandler):
+    """Answers ``/<repo>/resolve/<revision>/<file>`` like the Hub: ETag, commit, length."""
+
+    files: dict[str, bytes] = {}
+    requests: list[str] = []
+
+    def _serve(self, with_body: bool) -> None:
+        self.requests.append(f"{self.command} {self.path}")
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
+        self.send_header("X-Repo-Commit", COMMIT)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if with_body:
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self._serve(with_body=False)
+
+    def do_GET(self) -> None:
+        self._serve(with_body=True)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_hub() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    _FakeHub.files.clear()
+    _FakeHub.requests.clear()
+
+
+_RESOLVE = """
+import json, sys
+from medfuse_cli.errors import MedfuseError
+from medfuse_cli.fusers.registry import CheckpointSpec
+from medfuse_cli.weights import resolve_checkpoint
+spec = CheckpointSpec(name="t", filename="tiny.safetensors", sha256=sys.argv[1], provenance="test",
+                      hub_repo="medfuse/test-weights", hub_revision=sys.argv[2])
+try:
+    loaded = resolve_checkpoint(spec)
+except MedfuseError as exc:
+    print(json.dumps({"error": str(exc)}))
+else:
+    print(json.dumps({"source": loaded.source, "sum": float(loaded.tensors["weight"].sum())}))
+"""
+
+
+def _resolve(tmp_path: Path, endpoint: str, sha: str, revision: str = COMMIT) -> tuple[dict, str]:
+    """Resolve a checkpoint in a fresh interpreter, as a user's process would, with HF_ENDPOINT set."""
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": endpoint,
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "MEDFUSE_WEIGHTS_DIR": str(tmp_path / "bundled"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    env.pop("HF_HUB_OFFLINE", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _RESOLVE, sha, revision], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), done.stderr
+
+
+def test_hub_download_is_pinned_and_verified(tmp_path: Path, fake_hub: str) -> None:
+    sha = _tiny_checkpoint(tmp_path / "tiny.safetensors")
+    _FakeHub.files[f"/medfuse/test-weights/resolve/{COMMIT}/tiny.safetensors"] = (tmp_path / "tiny.safetensors").read_bytes()
+    result, _ = _resolve(tmp_path, fake_hub, sha)
+    assert result["sum"] == 15.0 and "hf-home" in result["source"]
+    assert any(r.startswith("GET ") and COMMIT in r for r in _FakeHub.requests)
+
+
+def test_hub_file_with_wrong_checksum_is_refused(tmp_path: Path, fake_hub: str) -> None:
+    _tiny_checkpoint(tmp_path / "tiny.safetensors")
+    _FakeHub.files[f"/medfuse/test-weights/resolve/{COMMIT}/tiny.safetensors"] = (tmp_path / "tiny.safetensors").read_bytes()
+    result, _ = _resolve(tmp_path, fake_hub, "f" * 64)
+    assert "checksum mismatch" in result["error"]
+
+
+def test_unreachable_hub_falls_back_to_bundled(tmp_path: Path) -> None:
+    (tmp_path / "bundled").mkdir()
+    sha = _tiny_checkpoint(tmp_path / "bundled" / "tiny.safetensors")
+    result, stderr = _resolve(tmp_path, "http://127.0.0.1:9", sha)
+    assert result["sum"] == 15.0 and "bundled" in result["source"]
+    assert stderr.count("\n") == 1 and stderr.startswith("notice: ")
+
+
+def test_unreachable_hub_without_bundled_file_is_an_error(tmp_path: Path) -> None:
+    result, _ = _resolve(tmp_path, "http://127.0.0.1:9", "0" * 64)
+    assert "--weights" in result["error"]
