@@ -12,7 +12,7 @@ import sys
 import typer
 
 from medfuse_cli import __version__
-from medfuse_cli.cli import fuse, models
+from medfuse_cli.cli import fuse, models, train
 from medfuse_cli.errors import MedfuseError
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 app.command("fuse")(fuse.fuse)
 app.command("models")(models.models)
+app.command("train")(train.train)
 
 
 def _version(value: bool) -> None:

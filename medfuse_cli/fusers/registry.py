@@ -103,3 +103,4 @@ def list_fusers() -> list[FuserSpec]:
 def _load_builtin_fusers() -> None:
     """Import the modules that register the built-in fusers (once; imports are cached)."""
     import medfuse_cli.fusers.classical  # noqa: F401
+    import medfuse_cli.fusers.lwnet  # noqa: F401

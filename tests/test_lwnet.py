@@ -1,0 +1,66 @@
+"""LWNet: shape contract, size, batching invariance, and loading through the registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medfuse_cli.errors import MedfuseError
+from medfuse_cli.fusers.lwnet import AdaptiveChannelAttention, LWNet
+from medfuse_cli.fusers.registry import LoadedCheckpoint, get_fuser_spec
+
+
+@pytest.fixture
+def net() -> LWNet:
+    torch.manual_seed(0)
+    return LWNet().eval()
+
+
+def test_lightweight(net: LWNet) -> None:
+    assert sum(p.numel() for p in net.parameters()) < 100_000
+
+
+@pytest.mark.parametrize("size", [(256, 256), (37, 53), (120, 121), (1, 1)])
+def test_any_size_gives_y_in_unit_range(net: LWNet, size: tuple[int, int]) -> None:
+    a, b = torch.rand(1, 1, *size), torch.rand(1, 1, *size)
+    with torch.inference_mode():
+        fused = net(a, b)
+    assert fused.shape == a.shape
+    assert fused.min() >= 0.0 and fused.max() <= 1.0
+
+
+def test_batching_never_changes_a_pixel(net: LWNet) -> None:
+    a, b = torch.rand(3, 1, 40, 48), torch.rand(3, 1, 40, 48)
+    with torch.inference_mode():
+        together = net(a, b)
+        alone = torch.cat([net(a[i : i + 1], b[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)
+
+
+def test_modalities_are_not_interchangeable(net: LWNet) -> None:
+    a, b = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    with torch.inference_mode():
+        assert not torch.allclose(net(a, b), net(b, a))
+
+
+def test_aca_kernel_adapts_to_channels() -> None:
+    assert AdaptiveChannelAttention(8).conv.kernel_size == (3,)
+    assert AdaptiveChannelAttention(256).conv.kernel_size == (5,)
+
+
+def test_registry_builds_from_checkpoint_and_refuses_none(net: LWNet) -> None:
+    spec = get_fuser_spec("lwnet")
+    assert spec.kind == "network"
+    assert spec.default_checkpoint(second_is_color=True).filename == "lwnet-functional.safetensors"
+    assert spec.default_checkpoint(second_is_color=False).filename == "lwnet-ct.safetensors"
+    loaded = LoadedCheckpoint(tensors=dict(net.state_dict()), metadata={}, source="memory")
+    built = spec.build(loaded, {})
+    a, b = torch.rand(1, 1, 24, 24), torch.rand(1, 1, 24, 24)
+    with torch.inference_mode():
+        torch.testing.assert_close(built(a, b), net(a, b), rtol=0, atol=0)
+    with pytest.raises(MedfuseError, match="needs a checkpoint"):
+        spec.build(None, {})
+    broken = dict(net.state_dict())
+    broken.pop("decoder.out.bias")
+    with pytest.raises(MedfuseError, match="missing"):
+        spec.build(LoadedCheckpoint(tensors=broken, metadata={}, source="memory"), {})

@@ -1,0 +1,126 @@
+"""SPI training end to end on the bundled examples: labels, thresholds, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medfuse_cli.io import write_png
+from medfuse_cli.training.losses import detail_score, ssim, structural_score
+from medfuse_cli.training.patches import load_pairs, patch_grid
+from medfuse_cli.training.spi import LABELS_FILE, STATE_FILE, WEIGHTS_FILE, SPIConfig, train_lwnet
+from medfuse_cli.weights import read_checkpoint
+
+
+def _config(examples: Path, out: Path, label_dir: Path, **changes: object) -> SPIConfig:
+    config = SPIConfig(
+        data=[str(examples / "SPECT-MRI")],
+        out=str(out),
+        label_fusers=["average", "laplacian"],
+        label_dirs={"maximum-png": str(label_dir)},
+        iterations=2,
+        epochs=1,
+        batch_size=8,
+        patch_size=48,
+        stride=104,
+        val_fraction=0.5,
+        displace=0.0,
+        admit=0.0,
+        gradient_weight=0.5,
+        detail_weight=0.1,
+        quiet=True,
+    )
+    return replace(config, **changes)
+
+
+@pytest.fixture
+def label_dir(examples: Path, tmp_path: Path) -> Path:
+    """Fused images of the example pairs 'made by another tool' (here: the pixel maximum)."""
+    folder = tmp_path / "labels" / "SPECT-MRI" / "train"
+    folder.mkdir(parents=True)
+    pairs = load_pairs([examples / "SPECT-MRI"])
+    for name, a, b in zip(pairs.names, pairs.anatomical, pairs.functional, strict=True):
+        fused = torch.maximum(a, b)[0].numpy()
+        write_png(folder / f"{name.rsplit('/', 1)[1]}.png", fused, 8)
+    return tmp_path / "labels"
+
+
+def test_resumed_run_equals_uninterrupted_run(examples: Path, tmp_path: Path, label_dir: Path) -> None:
+    straight = train_lwnet(_config(examples, tmp_path / "straight", label_dir))
+    pieces = tmp_path / "pieces"
+    train_lwnet(_config(examples, pieces, label_dir, max_minutes=0.0))  # epoch 1, label update
+    first = read_checkpoint(pieces / WEIGHTS_FILE).metadata
+    assert first["epochs"] == "1" and len(json.loads(first["spi_log"])) == 1
+    for _ in range(2):  # epoch 2 and the final validation; then nothing is left to do
+        train_lwnet(_config(examples, pieces, label_dir, max_minutes=0.0, resume=True))
+
+    a, b = read_checkpoint(straight), read_checkpoint(pieces / WEIGHTS_FILE)
+    for name, tensor in a.tensors.items():
+        assert torch.equal(tensor, b.tensors[name]), name
+    log = json.loads(a.metadata["spi_log"])
+    assert json.loads(b.metadata["spi_log"]) == log
+    assert [entry["iteration"] for entry in log] == [1, 2]
+    # thresholds of 0 let every output in: SPI must have admitted and replaced labels
+    assert log[0]["added"] > 0 and log[0]["replaced"] > 0
+    assert set(log[-1]["validation"]) == {"SSIM", "Qabf", "VIF"}
+    assert a.metadata["epochs"] == "2" and a.metadata["network"] == "LWNet"
+    assert set(json.loads(a.metadata["initial_label_wins"])) == {"average", "laplacian", "maximum-png"}
+    assert (pieces / STATE_FILE).is_file() and (pieces / LABELS_FILE).is_file()
+
+
+def test_strict_thresholds_keep_the_initial_labels(examples: Path, tmp_path: Path, label_dir: Path) -> None:
+    weights = train_lwnet(_config(examples, tmp_path / "run", label_dir, displace=100.0, admit=100.0))
+    log = json.loads(read_checkpoint(weights).metadata["spi_log"])
+    assert log[0]["added"] == 0 and log[0]["replaced"] == 0
+    assert log[0]["labelled"] == log[1]["labelled"]
+
+
+def test_cli_trains_and_refuses_bad_input(examples: Path, tmp_path: Path, run_cli) -> None:
+    out = tmp_path / "cli"
+    common = ["train", examples / "CT-MRI", "--model", "lwnet", "--out", out, "--quiet"]
+    tiny = [
+        "--iterations",
+        "1",
+        "--epochs",
+        "1",
+        "--patch-size",
+        "64",
+        "--stride",
+        "96",
+        "--val-fraction",
+        "0",
+    ]
+    result = run_cli(*common, *tiny, "--label-fuser", "average", "--label-fuser", "maximum")
+    assert result.code == 0, result.stderr
+    metadata = read_checkpoint(out / WEIGHTS_FILE).metadata
+    assert "--label-fuser average" in metadata["command"]
+
+    again = run_cli(*common, *tiny, "--label-fuser", "average")
+    assert again.code == 1 and "--resume" in again.stderr
+    no_labels = run_cli(*common[:-2], tmp_path / "other", *tiny)
+    assert no_labels.code == 1 and "candidate labels" in no_labels.stderr
+    bad_dir = run_cli(*common[:-2], tmp_path / "other", *tiny, "--label-dir", "nofolder")
+    assert bad_dir.code == 1 and "NAME=DIR" in bad_dir.stderr
+    unknown = run_cli(*common[:-2], tmp_path / "other", "--model", "nonet")
+    assert unknown.code == 1
+
+
+def test_patch_grid_covers_the_image_edge_to_edge() -> None:
+    assert patch_grid(256, 256, 120, 68) == [(top, left) for top in (0, 68, 136) for left in (0, 68, 136)]
+    assert patch_grid(100, 130, 120, 68) == []
+    assert patch_grid(120, 130, 120, 100) == [(0, 0), (0, 10)]
+
+
+def test_scores_prefer_the_better_fusion() -> None:
+    torch.manual_seed(0)
+    a, b = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    assert torch.allclose(ssim(a, a), torch.ones(2))
+    average, blurred = (a + b) / 2, torch.full_like(a, 0.5)
+    assert (structural_score(average, a, b) > structural_score(blurred, a, b)).all()
+    assert (detail_score(torch.maximum(a, b), a, b) > detail_score(blurred, a, b)).all()
+    assert np.isclose(float(detail_score(a, a, a.mul(0))[0]), 1.0, atol=1e-5)
