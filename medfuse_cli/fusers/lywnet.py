@@ -290,11 +290,16 @@ class LYWNet(nn.Module):
             raise MedfuseError(
                 f"images differ in size: {tuple(anatomical.shape)} vs {tuple(functional.shape)}"
             )
+        pairs = zip(anatomical.split(1), functional.split(1), strict=True)
+        return torch.cat([self._fuse_one(a, b) for a, b in pairs]).clamp(0.0, 1.0)
+
+    def _fuse_one(self, anatomical: torch.Tensor, functional: torch.Tensor) -> torch.Tensor:
+        """One pair at a time: convolution kernels may sum in a different order for another
+        batch size, so this keeps every output bit independent of what else is in the batch."""
         height, width = anatomical.shape[-2:]
         fa = self.extractor(pad_to_multiple(anatomical))
         fb = self.extractor(pad_to_multiple(functional))
-        fused = self.reconstructor(self.fusion(fa, fb))
-        return fused[..., :height, :width].clamp(0.0, 1.0)
+        return self.reconstructor(self.fusion(fa, fb))[..., :height, :width]
 
     def autoencode(self, y: torch.Tensor) -> torch.Tensor:
         """Reconstruct one Y image (the training task); H, W must be multiples of 4."""

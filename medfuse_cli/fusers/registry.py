@@ -104,3 +104,4 @@ def _load_builtin_fusers() -> None:
     """Import the modules that register the built-in fusers (once; imports are cached)."""
     import medfuse_cli.fusers.classical  # noqa: F401
     import medfuse_cli.fusers.lwnet  # noqa: F401
+    import medfuse_cli.fusers.lywnet  # noqa: F401
