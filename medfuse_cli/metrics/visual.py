@@ -23,7 +23,7 @@ VIFF_SIGMA_N_SQ = 0.005 * 255.0**2
 VIFF_C = 1e-7
 VIFF_SCALE_WEIGHTS = np.array([1.0, 0.0, 0.15, 1.0]) / 2.15
 # The smallest side for which the 4th scale of the pyramid still has one 'valid' pixel.
-VIF_MIN_SIZE = 65
+VIF_MIN_SIZE = 41
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def vif(a: Array, b: Array, f: Array) -> float:
     doi:10.1109/TIP.2005.859378, in the ``vifp_mscale`` form used by Tang, CDDFuse (named "VIFF"
     there) and sewar ``vifp``: 4 scales, Gaussian windows 17/9/5/3 with sigma N/5, eps 1e-10,
     values on 0..255. The fusion papers' "VIF" is this sum (range about 0..2), not Han's VIFF and
-    not piq's ``vif_p``. Images need at least 65x65 pixels.
+    not piq's ``vif_p``. Images need at least 41x41 pixels.
     """
     a, b, f = check_triple(a, b, f, "VIF", min_size=VIF_MIN_SIZE)
     return _vifp(a, f) + _vifp(b, f)
@@ -108,7 +108,9 @@ def viff(a: Array, b: Array, f: Array) -> float:
     fidelity", Inf. Fusion 14(2) (2013), doi:10.1016/j.inffus.2011.08.002, as the authors' code in
     MEFB ``metricsVIF``: the vifp pyramid statistics with visual noise sigma_n^2 = 0.005 * 255^2;
     per pixel and scale the source with the smaller gain g is kept; F_s = sum(VID + C) /
-    sum(VIND + C) with C = 1e-7; VIFF = sum_s p_s F_s with p = [1, 0, 0.15, 1] / 2.15.
+    sum(VIND + C) with C = 1e-7; VIFF = sum_s p_s F_s with p = [1, 0, 0.15, 1] / 2.15. Where the
+    two gains are equal B is kept, as in the reference, so swapping A and B can change the value
+    slightly in flat regions (both gains 0).
     """
     a, b, f = check_triple(a, b, f, "VIFF", min_size=VIF_MIN_SIZE)
     total = 0.0
