@@ -1,0 +1,125 @@
+"""``medfuse evaluate``: score fusion methods on folders of pairs, the papers' comparison table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from medfuse_cli import evaluation, plots
+from medfuse_cli.cli import options
+from medfuse_cli.devices import resolve_device
+from medfuse_cli.errors import MedfuseError
+
+_stderr = Console(stderr=True)
+
+
+def evaluate(
+    pairdir: Path = typer.Argument(
+        ...,
+        help="Folder with MRI/ and one of SPECT/, PET/, CT/ (paired by file name), or a parent of such folders.",
+    ),
+    model: list[str] | None = typer.Option(
+        None, "--model", "-m", help="A registered fuser to run and score (repeatable; see `medfuse models`)."
+    ),
+    fused: list[str] | None = typer.Option(
+        None, "--fused", help="LABEL=DIR: score images another tool fused, same file names (repeatable)."
+    ),
+    metrics: str = typer.Option(
+        "paper",
+        "--metrics",
+        help="paper (the LWNet and LYWNet papers' metrics), lwnet, lywnet, all, or names like SSIM,PSNR,Qabf.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Folder for per_image.csv, summary.csv, summary.md and summary.json."
+    ),
+    plot: bool = typer.Option(
+        False, "--plot", help="With --out: box plots and a radar chart (needs matplotlib)."
+    ),
+    as_json: bool = options.JSON,
+    device: str = options.DEVICE,
+    quiet: bool = options.QUIET,
+) -> None:
+    """Score fused images with the field's metrics: mean ± std per method, the best marked.
+
+    Without --model or --fused every registered fuser is scored; networks without an available checkpoint are skipped with a note. Metrics see 8-bit Y planes: A = MRI, B = Y of the functional image (or the CT), F = Y of the fused image.
+    """
+    metric_names = evaluation.parse_metrics(metrics)
+    if plot and out is None:
+        raise MedfuseError("--plot writes files: give --out DIR as well")
+    if out is not None and out.exists() and not out.is_dir():
+        raise MedfuseError(f"--out must be a folder: {out}")
+    if plot:
+        plots.require_matplotlib()
+    pair_sets, parent = evaluation.find_pair_sets(pairdir)
+    methods, named = evaluation.choose_methods(model or [], fused or [])
+    torch_device = resolve_device(device)
+    total = sum(len(s.pairs) for s in pair_sets) * len(methods)
+
+    with Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=_stderr,
+        disable=quiet,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("evaluate", total=total)
+
+        def skipped(label: str, reason: str) -> None:
+            if as_json and not quiet:  # otherwise the tables say so
+                progress.console.print(f"skipped {label}: {reason}", markup=False)
+
+        results = evaluation.evaluate(
+            pair_sets,
+            pairdir,
+            methods,
+            metric_names,
+            torch_device,
+            methods_named=named,
+            on_progress=lambda n: progress.advance(task, n),
+            on_skip=skipped,
+        )
+
+    if as_json:
+        print(json.dumps(evaluation.results_json(results, parent)))
+    else:
+        console = Console()
+        for result in results:
+            console.print(_table(result))
+            for label, reason in result.skipped.items():
+                console.print(Text(f"skipped {label}: {reason}", style="dim"))
+    if out is not None:
+        written = evaluation.write_reports(results, parent, out)
+        if plot:
+            written += plots.write_plots(results, out)
+        if not quiet:
+            _stderr.print(f"wrote {len(written)} files to {out}", markup=False)
+
+
+def _table(result: evaluation.PairSetResult) -> Table:
+    """One rich table: a row per metric (with its direction), a column per method, cells
+    "mean / ± std", the best method's cell in bold green with *. Fits 80 columns for ~6 methods."""
+    table = Table(
+        title=f"{result.pair_set.label} ({len(result.pair_set.pairs)} pairs)",
+        caption="mean ± std · ↑/↓ higher/lower is better · * best",
+    )
+    table.add_column("metric")
+    for label in result.methods:
+        table.add_column(Text(label), justify="right")
+    for metric in result.metrics:
+        best = result.best(metric)
+        cells = []
+        for label, scores in result.methods.items():
+            text = f"{evaluation.format_value(scores.mean(metric))}\n± {evaluation.format_value(scores.std(metric))}"
+            cells.append(
+                Text(text.replace("\n", " *\n", 1), style="bold green") if best == label else Text(text)
+            )
+        table.add_row(f"{metric} {evaluation.arrow(metric)}", *cells)
+    return table

@@ -1,0 +1,122 @@
+"""The LWNet paper's figures for ``medfuse evaluate --plot``: box plots and a radar chart.
+
+Box plots show every metric's per-image distribution for each method. The radar chart puts each
+method's mean on one axis per metric after min-max normalisation across the compared methods
+(best = 1, worst = 0, direction taken from the metric), and labels each method with its area
+ratio: the area of its polygon over the area of the full polygon (all axes at 1), in percent,
+as the LWNet paper reports. matplotlib is an optional extra (``pip install 'medfuse[plots]'``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from medfuse_cli.errors import MedfuseError
+from medfuse_cli.evaluation import PairSetResult, arrow
+from medfuse_cli.metrics import METRICS
+
+
+def normalised_means(result: PairSetResult) -> dict[str, list[float]]:
+    """Per method, each metric's mean scaled to [0, 1] across methods, 1 being the best."""
+    labels = list(result.methods)
+    table = np.array([[result.methods[label].mean(m) for m in result.metrics] for label in labels])
+    out = np.ones_like(table)
+    for j, metric in enumerate(result.metrics):
+        column = table[:, j]
+        finite = np.isfinite(column)
+        if not finite.any():
+            out[:, j] = 0.0
+            continue
+        lo, hi = column[finite].min(), column[finite].max()
+        if hi > lo:
+            scaled = (column - lo) / (hi - lo)
+            out[:, j] = np.where(finite, scaled if METRICS[metric].higher_is_better else 1.0 - scaled, 0.0)
+        else:
+            out[:, j] = np.where(finite, 1.0, 0.0)
+    return {label: out[i].tolist() for i, label in enumerate(labels)}
+
+
+def area_ratio(radii: list[float]) -> float:
+    """Area of the radar polygon with these radii over the area with all radii 1 (n >= 3).
+
+    With equal angles 2 pi / n the polygon's area is (1/2) sin(2 pi / n) sum r_i r_{i+1}, so the
+    ratio is sum r_i r_{i+1} / n.
+    """
+    n = len(radii)
+    return sum(radii[i] * radii[(i + 1) % n] for i in range(n)) / n
+
+
+def require_matplotlib():
+    """matplotlib's pyplot on the file-only Agg backend, or a one-line error naming the extra."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MedfuseError("--plot needs matplotlib: pip install 'medfuse[plots]'") from None
+    return plt
+
+
+def write_plots(results: list[PairSetResult], out_dir: Path) -> list[Path]:
+    """Write ``<pairs>_boxplots.png`` and ``<pairs>_radar.png`` per pair set; return the paths."""
+    plt = require_matplotlib()
+    written = []
+    for result in results:
+        if not result.methods:
+            continue
+        stem = result.pair_set.label.replace("/", "_")
+        written.append(_boxplots(plt, result, out_dir / f"{stem}_boxplots.png"))
+        if len(result.metrics) >= 3:
+            written.append(_radar(plt, result, out_dir / f"{stem}_radar.png"))
+    return written
+
+
+def _boxplots(plt, result: PairSetResult, path: Path) -> Path:
+    labels = list(result.methods)
+    columns = min(3, len(result.metrics))
+    rows = math.ceil(len(result.metrics) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, result.metrics, strict=False):
+        ax.boxplot([result.methods[label].values(metric) for label in labels])
+        ax.set_xticks(range(1, len(labels) + 1), labels)
+        ax.set_title(f"{metric} {arrow(metric)}")
+        ax.tick_params(axis="x", labelrotation=45)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(result.metrics) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"{result.pair_set.label}: per-image scores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _radar(plt, result: PairSetResult, path: Path) -> Path:
+    radii = normalised_means(result)
+    n = len(result.metrics)
+    angles = [2 * math.pi * i / n for i in range(n)]
+    fig = plt.figure(figsize=(6.4, 6.4))
+    ax = fig.add_subplot(projection="polar")
+    for label, values in radii.items():
+        ax.plot(
+            [*angles, angles[0]],
+            [*values, values[0]],
+            linewidth=1.5,
+            label=f"{label} ({100 * area_ratio(values):.1f}%)",
+        )
+        ax.fill([*angles, angles[0]], [*values, values[0]], alpha=0.08)
+    ax.set_xticks(angles)
+    ax.set_xticklabels([f"{m} {arrow(m)}" for m in result.metrics])
+    ax.set_ylim(0, 1)
+    ax.set_rlabel_position(180 / n)  # radial tick labels between the first two axes
+    ax.set_yticks([0.25, 0.5, 0.75, 1.0])
+    ax.set_title(f"{result.pair_set.label}: normalised means (area ratio)", pad=18)
+    ax.legend(loc="upper right", bbox_to_anchor=(1.35, 1.1), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
