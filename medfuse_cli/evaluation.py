@@ -34,7 +34,7 @@ import torch
 from medfuse_cli.atomic import write_atomically
 from medfuse_cli.color import split_luma
 from medfuse_cli.errors import MedfuseError
-from medfuse_cli.fusers.registry import list_fusers
+from medfuse_cli.fusers.registry import get_fuser_spec, list_fusers
 from medfuse_cli.io import pair_folders, read_image, to_integer
 from medfuse_cli.metrics import LWNET_METRICS, LYWNET_METRICS, METRICS, compute_metrics, resolve_metric_names
 from medfuse_cli.pipeline import Fusion, Pair, compose, load_pair
@@ -158,6 +158,9 @@ def parse_fused(specs: Iterable[str]) -> list[Method]:
 
 def choose_methods(models: Iterable[str], fused: Iterable[str]) -> tuple[list[Method], bool]:
     """The methods to score and whether the user named them (else every registered fuser)."""
+    models = list(models)
+    for name in models:
+        get_fuser_spec(name)  # an unknown name fails here, before any image is read
     methods = [Method(name, model=name) for name in models] + parse_fused(fused)
     labels = [m.label for m in methods]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})

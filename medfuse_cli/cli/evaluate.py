@@ -67,7 +67,7 @@ def evaluate(
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=_stderr,
-        disable=quiet,
+        disable=quiet or not _stderr.is_terminal,
         transient=True,
     ) as progress:
         task = progress.add_task("evaluate", total=total)

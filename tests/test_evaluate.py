@@ -1,0 +1,298 @@
+"""``medfuse evaluate``: pair discovery, methods, the JSON contract, reports, plots and errors.
+
+Everything runs on the bundled examples or on small synthetic pairs; no network, no ../shared.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medfuse_cli import evaluation, weights
+from medfuse_cli.color import split_luma
+from medfuse_cli.errors import MedfuseError
+from medfuse_cli.io import read_image
+from medfuse_cli.plots import area_ratio, normalised_means
+
+FAST = "SSIM,PSNR,Qcv"  # a small metric set, one of them lower-is-better
+
+
+def _write_gray(path: Path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+
+
+def _synthetic_set(
+    root: Path, modality: str = "CT", names: tuple[str, ...] = ("a", "b"), size: int = 48
+) -> Path:
+    """A pair folder of small gray pairs with texture, so every metric is defined."""
+    rng = np.random.default_rng(len(names) + size)
+    for name in names:
+        mri = rng.integers(0, 256, (size, size))
+        _write_gray(root / "MRI" / f"{name}.png", mri)
+        _write_gray(root / modality / f"{name}.png", 255 - mri // 2)
+    return root
+
+
+def _json(result) -> dict:
+    assert result.code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_json_has_exactly_the_documented_shape(run_cli, examples: Path) -> None:
+    doc = _json(run_cli("evaluate", examples / "PET-MRI", "-m", "average", "--metrics", FAST, "--json", "-q"))
+    assert set(doc) == {"metrics", "methods"}
+    assert doc["metrics"] == ["SSIM", "PSNR", "Qcv"]
+    method = doc["methods"]["average"]
+    assert set(method) == {"n", "mean", "std", "per_image"}
+    assert method["n"] == 2
+    assert set(method["per_image"]) == {"25022.png", "30066.png"}
+    for scores in (method["mean"], method["std"], *method["per_image"].values()):
+        assert set(scores) == {"SSIM", "PSNR", "Qcv"}
+        assert all(isinstance(v, float) for v in scores.values())
+    values = [method["per_image"][f]["SSIM"] for f in ("25022.png", "30066.png")]
+    assert method["mean"]["SSIM"] == pytest.approx(np.mean(values))
+    assert method["std"]["SSIM"] == pytest.approx(np.std(values, ddof=1))
+
+
+def test_a_parent_folder_gives_one_object_per_pair_kind(run_cli, examples: Path) -> None:
+    doc = _json(run_cli("evaluate", examples, "-m", "maximum", "--metrics", "PSNR", "--json", "-q"))
+    assert set(doc) == {"pairs"}
+    assert set(doc["pairs"]) == {"CT-MRI", "PET-MRI", "SPECT-MRI"}
+    assert all(set(kind["methods"]) == {"maximum"} for kind in doc["pairs"].values())
+
+
+def test_scoring_files_fused_elsewhere_equals_fusing_here(run_cli, examples: Path, tmp_path: Path) -> None:
+    pairs = examples / "SPECT-MRI"
+    fused = tmp_path / "fused"
+    assert run_cli("fuse", pairs / "MRI", pairs / "SPECT", "-o", fused, "-m", "laplacian", "-q").code == 0
+    doc = _json(
+        run_cli(
+            "evaluate",
+            pairs,
+            "-m",
+            "laplacian",
+            "--fused",
+            f"files={fused}",
+            "--metrics",
+            "MI,SSIM,Qcb",
+            "--json",
+            "-q",
+        )
+    )
+    assert doc["methods"]["files"]["per_image"] == doc["methods"]["laplacian"]["per_image"]
+
+
+def test_the_best_method_is_marked_in_every_output(run_cli, tmp_path: Path) -> None:
+    pairs = _synthetic_set(tmp_path / "set")
+    copy, noise = tmp_path / "copy", tmp_path / "noise"
+    shutil.copytree(pairs / "MRI", copy)
+    rng = np.random.default_rng(7)
+    for name in ("a", "b"):
+        _write_gray(noise / f"{name}.png", rng.integers(0, 256, (48, 48)))
+    out = tmp_path / "report"
+    result = run_cli(
+        "evaluate",
+        pairs,
+        "--fused",
+        f"copy={copy}",
+        "--fused",
+        f"noise={noise}",
+        "--metrics",
+        FAST,
+        "--out",
+        out,
+    )
+    assert result.code == 0, result.stderr
+    assert "*" in result.stdout and "SSIM ↑" in result.stdout and "Qcv ↓" in result.stdout
+    with (out / "summary.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    for metric in ("SSIM", "PSNR", "Qcv"):
+        means = {r["method"]: float(r["mean"]) for r in rows if r["metric"] == metric}
+        pick = min if metric == "Qcv" else max  # Qcv: lower is better
+        expected = pick(means, key=means.__getitem__)
+        assert [r["method"] for r in rows if r["metric"] == metric and r["best"] == "True"] == [expected]
+    # A copy of the MRI is closer to the sources than noise on these two measures.
+    assert {r["metric"] for r in rows if r["method"] == "copy" and r["best"] == "True"} >= {"SSIM", "PSNR"}
+    assert "| copy | **" in (out / "summary.md").read_text()
+
+
+def test_reports_match_the_json(run_cli, examples: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ("evaluate", examples, "-m", "average", "-m", "maximum", "--metrics", FAST, "-q")
+    doc = _json(run_cli(*args, "--json", "--out", out))
+    assert {p.name for p in out.iterdir()} == {"per_image.csv", "summary.csv", "summary.md", "summary.json"}
+    assert json.loads((out / "summary.json").read_text()) == doc
+    with (out / "per_image.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3 * 2 * 2  # pair kinds x methods x images
+    row = next(
+        r for r in rows if r["pairs"] == "CT-MRI" and r["method"] == "maximum" and r["image"] == "2004.png"
+    )
+    assert float(row["PSNR"]) == doc["pairs"]["CT-MRI"]["methods"]["maximum"]["per_image"]["2004.png"]["PSNR"]
+    assert "## PET-MRI (2 pairs" in (out / "summary.md").read_text()
+
+
+def test_plots_are_written_with_out(run_cli, examples: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    result = run_cli(
+        "evaluate",
+        examples / "CT-MRI",
+        "-m",
+        "average",
+        "-m",
+        "maximum",
+        "--metrics",
+        FAST,
+        "--out",
+        out,
+        "--plot",
+        "-q",
+    )
+    assert result.code == 0, result.stderr
+    for name in ("CT-MRI_boxplots.png", "CT-MRI_radar.png"):
+        assert Image.open(out / name).size[0] > 200
+
+
+def test_plot_needs_out_and_matplotlib(run_cli, examples: Path, tmp_path: Path, monkeypatch) -> None:
+    result = run_cli("evaluate", examples / "CT-MRI", "-m", "average", "--plot")
+    assert result.code == 1 and result.stderr.strip() == "error: --plot writes files: give --out DIR as well"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    result = run_cli("evaluate", examples / "CT-MRI", "-m", "average", "--plot", "--out", tmp_path / "o")
+    assert result.code == 1
+    assert result.stderr.strip() == "error: --plot needs matplotlib: pip install 'medfuse[plots]'"
+
+
+def test_default_line_up_scores_classical_rules_and_skips_networks_without_weights(
+    run_cli, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(weights, "BUNDLED_DIR", tmp_path / "no-weights")
+    pairs = _synthetic_set(tmp_path / "set", size=64)
+    result = run_cli("evaluate", pairs, "--metrics", "PSNR", "--json")
+    doc = _json(result)
+    assert {"average", "maximum", "laplacian"} <= set(doc["methods"])
+    assert "lwnet" not in doc["methods"]
+    assert "skipped lwnet: checkpoint" in result.stderr
+
+
+def test_perfect_scores_become_null_in_json(run_cli, tmp_path: Path) -> None:
+    """F = A = B gives PSNR = inf: JSON has no Infinity, so it is null, and the file parses."""
+    root = tmp_path / "set"
+    image = np.random.default_rng(3).integers(0, 256, (48, 48))
+    for folder in ("MRI", "CT", "fused"):
+        _write_gray(root / folder / "x.png", image)
+    doc = _json(
+        run_cli(
+            "evaluate", root, "--fused", f"same={root / 'fused'}", "--metrics", "PSNR,SSIM", "--json", "-q"
+        )
+    )
+    same = doc["methods"]["same"]
+    assert same["per_image"]["x.png"]["PSNR"] is None and same["mean"]["PSNR"] is None
+    assert same["mean"]["SSIM"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("evaluate", "no-such-folder"), "error: pair folder not found: no-such-folder"),
+        (("evaluate", "{tmp}/few", "-m", "average"), "error: no pairs in"),
+        (("evaluate", "{set}", "--metrics", "SSIM,nope"), "error: unknown metric 'nope'"),
+        (("evaluate", "{set}", "-m", "nope"), "error: unknown model 'nope'"),
+        (("evaluate", "{set}", "--fused", "no-equals-sign"), "error: --fused takes LABEL=DIR"),
+        (("evaluate", "{set}", "--fused", "x={tmp}/missing"), "error: --fused x: folder not found"),
+        (
+            ("evaluate", "{set}", "--fused", "average={set}/MRI", "-m", "average"),
+            "error: method label used twice",
+        ),
+        (("evaluate", "{set}", "--fused", "x={tmp}/few"), "error: --fused x: 1 fused image(s) missing"),
+        (("evaluate", "{set}", "--out", "{set}/MRI/a.png", "-m", "average"), "error: --out must be a folder"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(
+    run_cli, tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    pairs = _synthetic_set(tmp_path / "set")
+    _write_gray(tmp_path / "few" / "a.png", np.zeros((48, 48)))
+    result = run_cli(*(a.format(tmp=tmp_path, set=pairs) for a in args))
+    assert result.code == 1
+    assert result.stderr.startswith(message)
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_fused_images_of_the_wrong_size_are_refused(run_cli, tmp_path: Path) -> None:
+    pairs = _synthetic_set(tmp_path / "set")
+    for name in ("a", "b"):
+        _write_gray(tmp_path / "small" / f"{name}.png", np.zeros((32, 32)))
+    result = run_cli("evaluate", pairs, "--fused", f"s={tmp_path / 'small'}")
+    assert result.code == 1 and "is 32x32, its sources are 48x48" in result.stderr
+
+
+def test_ambiguous_pair_folder_is_refused(tmp_path: Path) -> None:
+    _synthetic_set(tmp_path, "PET")
+    _synthetic_set(tmp_path, "SPECT")
+    with pytest.raises(MedfuseError, match="exactly one of SPECT/, PET/, CT/"):
+        evaluation.find_pair_sets(tmp_path)
+
+
+def test_discovery_prefers_test_over_train_and_keeps_labels_unique(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        _synthetic_set(tmp_path / "SPECT-MRI" / split, "SPECT")
+    _synthetic_set(tmp_path / "CT-MRI", "CT")
+    _synthetic_set(tmp_path / "more" / "ct-again", "CT")
+    sets, parent = evaluation.find_pair_sets(tmp_path)
+    assert parent
+    # CT-MRI occurs twice, so both CT sets are labelled by their relative paths.
+    assert [(s.kind, s.label) for s in sets] == [
+        ("CT-MRI", "CT-MRI"),
+        ("SPECT-MRI", "SPECT-MRI"),
+        ("CT-MRI", "more/ct-again"),
+    ]
+    assert sets[1].folder.name == "test"
+    single, parent = evaluation.find_pair_sets(tmp_path / "CT-MRI")
+    assert not parent and single[0].label == "CT-MRI"
+
+
+def test_luma_is_exact_for_gray_and_within_one_level_of_pil_for_colour(examples: Path) -> None:
+    gray = read_image(examples / "CT-MRI" / "CT" / "2004.png")
+    assert np.array_equal(evaluation.luma8(gray.pixels), np.asarray(Image.open(gray.path), dtype=np.float64))
+    colour_path = examples / "PET-MRI" / "PET" / "25022.png"
+    ours = evaluation.luma8(read_image(colour_path).pixels)
+    pil = np.asarray(Image.open(colour_path).convert("RGB").convert("YCbCr"))[..., 0].astype(np.float64)
+    # PIL truncates where we round: never more than one level apart, never below PIL.
+    assert (ours - pil).min() >= 0 and (ours - pil).max() <= 1
+    y, _ = split_luma(read_image(colour_path).pixels)
+    assert np.array_equal(ours, np.rint(y.astype(np.float64) * 255))
+
+
+def test_radar_normalisation_respects_direction_and_area() -> None:
+    result = evaluation.PairSetResult(
+        evaluation.PairSet("CT-MRI", "CT-MRI", Path("."), ()),
+        ["SSIM", "PSNR", "Qcv"],
+        {
+            "good": evaluation.MethodScores({"x": {"SSIM": 0.9, "PSNR": 30.0, "Qcv": 10.0}}),
+            "bad": evaluation.MethodScores({"x": {"SSIM": 0.5, "PSNR": 20.0, "Qcv": 90.0}}),
+        },
+    )
+    radii = normalised_means(result)
+    assert radii == {"good": [1.0, 1.0, 1.0], "bad": [0.0, 0.0, 0.0]}
+    assert area_ratio([1.0, 1.0, 1.0]) == 1.0
+    assert area_ratio([1.0, 0.0, 1.0, 0.0]) == 0.0
+    assert area_ratio([0.5] * 6) == pytest.approx(0.25)
+    assert math.isclose(area_ratio([1.0, 1.0, 0.0]), 1 / 3)
+
+
+def test_metric_presets() -> None:
+    assert evaluation.parse_metrics("paper") == ["VIF", "MI", "UQI", "SSIM", "PSNR", "Qcb", "ARI", "FM", "CC"]
+    assert evaluation.parse_metrics("LYWNET") == ["SSIM", "PSNR", "MI", "ARI", "FM", "CC"]
+    assert len(evaluation.parse_metrics("all")) == 21
+    assert evaluation.parse_metrics(" ssim , qabf ") == ["SSIM", "Qabf"]
