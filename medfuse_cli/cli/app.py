@@ -12,7 +12,7 @@ import sys
 import typer
 
 from medfuse_cli import __version__
-from medfuse_cli.cli import evaluate, fuse, models, train
+from medfuse_cli.cli import benchmark, evaluate, fuse, models, train
 from medfuse_cli.errors import MedfuseError
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.command("fuse")(fuse.fuse)
 app.command("evaluate")(evaluate.evaluate)
 app.command("models")(models.models)
 app.command("train")(train.train)
+app.command("benchmark")(benchmark.benchmark)
 
 
 def _version(value: bool) -> None:
