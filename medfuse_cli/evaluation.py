@@ -35,7 +35,7 @@ from medfuse_cli.atomic import write_atomically
 from medfuse_cli.color import split_luma
 from medfuse_cli.errors import MedfuseError
 from medfuse_cli.fusers.registry import get_fuser_spec, list_fusers
-from medfuse_cli.io import pair_folders, read_image, to_integer
+from medfuse_cli.io import list_images, pair_folders, read_image, to_integer
 from medfuse_cli.metrics import LWNET_METRICS, LYWNET_METRICS, METRICS, compute_metrics, resolve_metric_names
 from medfuse_cli.pipeline import Fusion, Pair, compose, load_pair
 
@@ -256,8 +256,7 @@ def _load_sources(pair_set: PairSet) -> list[_Sources]:
 def _fused_folder_for(method: Method, pair_set: PairSet, root: Path) -> Path:
     """Where a ``--fused`` method's images for this pair set are: DIR/<relative path>, DIR/<kind>
     or DIR itself, whichever exists first."""
-    base = method.fused_dir
-    assert base is not None
+    base = method.fused_dir or Path()
     relative = pair_set.folder.relative_to(root) if pair_set.folder != root else Path()
     for candidate in (base / relative, base / pair_set.kind, base):
         if candidate.is_dir():
@@ -267,7 +266,7 @@ def _fused_folder_for(method: Method, pair_set: PairSet, root: Path) -> Path:
 
 def _read_fused(method: Method, pair_set: PairSet, root: Path, sources: list[_Sources]) -> list[np.ndarray]:
     folder = _fused_folder_for(method, pair_set, root)
-    stems = {p.stem: p for p in sorted(folder.iterdir()) if p.is_file()}
+    stems = {p.stem: p for p in list_images(folder)}
     missing = [s.pair.name for s in sources if s.pair.name not in stems]
     if missing:
         raise MedfuseError(

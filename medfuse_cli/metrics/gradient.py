@@ -26,8 +26,10 @@ def spatial_frequency(a: Array, b: Array, f: Array) -> float:
 
 
 def average_gradient(a: Array, b: Array, f: Array) -> float:
-    """AG = sum sqrt((gx^2 + gy^2) / 2) / ((M-1)(N-1)) of F.
+    """AG = sum sqrt((gx^2 + gy^2) / 2) / ((M-1)(N-1)) of F, the average gradient.
 
+    Cui et al., "Detail preserved fusion of visible and infrared images using regional saliency
+    extraction and multi-scale image decomposition", Opt. Commun. 341 (2015), as used by VIFB.
     gx, gy as MATLAB ``gradient``: central differences inside, one-sided at the borders
     (``np.gradient``). The sum runs over all MN pixels but is divided by (M-1)(N-1), as Tang's
     ``AG_evaluation`` and VIFB's ``metricsAvg_gradient`` do; CDDFuse divides by MN.

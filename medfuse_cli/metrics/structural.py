@@ -113,10 +113,11 @@ def scd(a: Array, b: Array, f: Array) -> float:
 
 
 def standard_deviation(a: Array, b: Array, f: Array) -> float:
-    """SD: population standard deviation of F, sqrt(mean((F - mean F)^2)).
+    """SD: population standard deviation of F, sqrt(mean((F - mean F)^2)). Higher = more contrast.
 
-    The contrast measure of the fusion literature (VIFB calls it "Variance" but returns this).
-    The sources only take part in input checks.
+    As Tang's ``SD_evaluation`` and VIFB (Zhang, Ye & Xiao, "VIFB: a visible and infrared image
+    fusion benchmark", CVPR Workshops 2020), whose ``metricsVariance`` returns this despite its
+    name. The sources only take part in input checks.
     """
     _, _, f = check_triple(a, b, f, "SD")
     return float(np.std(f))
