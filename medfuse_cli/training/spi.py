@@ -216,7 +216,7 @@ def _load_labels(path: Path, initial: LabelSet, progress: dict) -> LabelSet:
     if not path.is_file():
         return initial
     with safe_open(str(path), framework="pt") as handle:  # our own file: no pickle sniffing needed
-        tensors = {name: handle.get_tensor(name) for name in handle}
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
         metadata = handle.metadata()
     rows = tensors["rows"].tolist()
     pseudo = dict(zip(rows, tensors["pseudo"], strict=True)) if rows else {}
