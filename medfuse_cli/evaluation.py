@@ -101,9 +101,10 @@ class PairSetResult:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def best(self, metric: str) -> str | None:
-        """The method with the best mean for ``metric`` (direction from the registry)."""
+        """The method with the best mean for ``metric`` (direction from the registry); None
+        unless at least two methods have a mean to compare."""
         means = {label: s.mean(metric) for label, s in self.methods.items() if math.isfinite(s.mean(metric))}
-        if not means:
+        if len(means) < 2:
             return None
         pick = max if METRICS[metric].higher_is_better else min
         return pick(means, key=means.__getitem__)

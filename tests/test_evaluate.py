@@ -296,3 +296,15 @@ def test_metric_presets() -> None:
     assert evaluation.parse_metrics("LYWNET") == ["SSIM", "PSNR", "MI", "ARI", "FM", "CC"]
     assert len(evaluation.parse_metrics("all")) == 21
     assert evaluation.parse_metrics(" ssim , qabf ") == ["SSIM", "Qabf"]
+
+
+def test_best_needs_two_methods_to_compare() -> None:
+    pair_set = evaluation.PairSet("CT-MRI", "CT-MRI", Path("."), ())
+    one = evaluation.PairSetResult(
+        pair_set, ["SSIM"], {"only": evaluation.MethodScores({"x": {"SSIM": 0.5}})}
+    )
+    assert one.best("SSIM") is None
+    one.methods["other"] = evaluation.MethodScores({"x": {"SSIM": math.nan}})
+    assert one.best("SSIM") is None  # a method without a finite mean does not count
+    one.methods["third"] = evaluation.MethodScores({"x": {"SSIM": 0.7}})
+    assert one.best("SSIM") == "third"
