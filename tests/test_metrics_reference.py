@@ -147,6 +147,8 @@ def test_mi_against_tang_bits(image_dir: Path, triple: str, expected: float) -> 
     a, b, f = _triple(image_dir, triple)
     value = METRICS["MI"].function(a, b, f)
     if any(np.any(x == 254) and np.any(x == 255) for x in (a, b, f)):
-        assert expected - 0.01 < value < expected
+        # Merging two joint-histogram bins can only lower the joint entropy, so Tang's MI is
+        # never below ours (equal when the merged bins never share a column).
+        assert expected - 0.01 < value <= expected * (1 + RELATIVE)
     else:
         assert value == pytest.approx(expected, rel=RELATIVE)
