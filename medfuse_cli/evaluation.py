@@ -326,7 +326,7 @@ def evaluate(
                     if methods_named or method.model is None:
                         raise
                     result.skipped[method.label] = str(exc)
-                    on_skip(method.label, f"{exc} ({pair_set.label})")
+                    on_skip(f"{method.label} on {pair_set.label}", str(exc))
                     on_progress(len(sources))
                     continue
 

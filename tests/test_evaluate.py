@@ -182,7 +182,7 @@ def test_default_line_up_scores_classical_rules_and_skips_networks_without_weigh
     doc = _json(result)
     assert {"average", "maximum", "laplacian"} <= set(doc["methods"])
     assert "lwnet" not in doc["methods"]
-    assert "skipped lwnet: checkpoint" in result.stderr
+    assert "skipped lwnet on CT-MRI: checkpoint" in result.stderr
 
 
 def test_perfect_scores_become_null_in_json(run_cli, tmp_path: Path) -> None:

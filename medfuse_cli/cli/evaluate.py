@@ -74,7 +74,7 @@ def evaluate(
 
         def skipped(label: str, reason: str) -> None:
             if as_json and not quiet:  # otherwise the tables say so
-                progress.console.print(f"skipped {label}: {reason}", markup=False)
+                progress.console.print(f"skipped {label}: {reason}", markup=False, soft_wrap=True)
 
         results = evaluation.evaluate(
             pair_sets,
@@ -94,7 +94,7 @@ def evaluate(
         for result in results:
             console.print(_table(result))
             for label, reason in result.skipped.items():
-                console.print(Text(f"skipped {label}: {reason}", style="dim"))
+                console.print(Text(f"skipped {label}: {reason}", style="dim"), soft_wrap=True)
     if out is not None:
         written = evaluation.write_reports(results, parent, out)
         if plot:
