@@ -105,6 +105,10 @@ def _check(image_dir: Path, triple: str, metric: str, expected: float) -> None:
         assert value == pytest.approx(expected, rel=RELATIVE), (triple, metric)
 
 
+def _case_id(value: object) -> str:
+    return value.parent.name if isinstance(value, Path) else str(value)
+
+
 BUNDLED_CASES = _cases(BUNDLED)
 SHARED_CASES = _cases(SHARED_METRICS)
 
@@ -113,13 +117,13 @@ def test_bundled_rows_cover_every_referenced_metric() -> None:
     assert {c[2] for c in BUNDLED_CASES} == set(CHOICES)
 
 
-@pytest.mark.parametrize(("image_dir", "triple", "metric", "expected"), BUNDLED_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize(("image_dir", "triple", "metric", "expected"), BUNDLED_CASES, ids=_case_id)
 def test_bundled_reference_values(image_dir: Path, triple: str, metric: str, expected: float) -> None:
     _check(image_dir, triple, metric, expected)
 
 
 @pytest.mark.skipif(not SHARED_CASES, reason=f"no reference triples at {SHARED_METRICS}")
-@pytest.mark.parametrize(("image_dir", "triple", "metric", "expected"), SHARED_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize(("image_dir", "triple", "metric", "expected"), SHARED_CASES, ids=_case_id)
 def test_shared_reference_values(image_dir: Path, triple: str, metric: str, expected: float) -> None:
     _check(image_dir, triple, metric, expected)
 
@@ -139,7 +143,7 @@ def _tang_mi_cases(folder: Path) -> list[tuple[Path, str, float]]:
 @pytest.mark.parametrize(
     ("image_dir", "triple", "expected"),
     _tang_mi_cases(BUNDLED) + _tang_mi_cases(SHARED_METRICS),
-    ids=lambda v: str(v),
+    ids=_case_id,
 )
 def test_mi_against_tang_bits(image_dir: Path, triple: str, expected: float) -> None:
     """Tang's MI in bits equals ours unless an image holds both 254 and 255 (Tang's uint8 +1
