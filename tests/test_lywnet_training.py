@@ -19,6 +19,7 @@ from medfuse_cli.training.lywnet_trainer import (
     LYWNetTrainingOptions,
     augment,
     autoencoder_loss,
+    finalize_checkpoint,
     train_lywnet,
 )
 from medfuse_cli.weights import read_checkpoint
@@ -105,3 +106,13 @@ def test_medfuse_train_lywnet_command(tiny_data: Path, tmp_path: Path, run_cli) 
     assert result.code == 0, result.stderr
     assert result.stdout == ""
     assert read_checkpoint(tmp_path / "cli" / WEIGHTS_FILE).metadata["command"].startswith("medfuse train")
+
+
+def test_finalize_adds_test_metrics_and_keeps_the_tensors(tiny_data: Path, tmp_path: Path) -> None:
+    run = train_lywnet([tiny_data], tmp_path / "run", _options(1), quiet=True)
+    metrics = {"CT-MRI": {"n": 4, "mean": {"SSIM": 0.5}}}
+    finalize_checkpoint(run, tmp_path / "final.safetensors", metrics)
+    before, after = read_checkpoint(run), read_checkpoint(tmp_path / "final.safetensors")
+    assert all(torch.equal(before.tensors[k], after.tensors[k]) for k in before.tensors)
+    assert json.loads(after.metadata.pop("test_metrics")) == metrics
+    assert after.metadata == before.metadata

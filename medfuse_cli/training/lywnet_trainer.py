@@ -35,7 +35,7 @@ from medfuse_cli.errors import MedfuseError
 from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, LYWNet
 from medfuse_cli.training.patches import load_pairs
 from medfuse_cli.training.resume import load_training_state, save_training_state
-from medfuse_cli.weights import write_checkpoint
+from medfuse_cli.weights import read_checkpoint, write_checkpoint
 
 STATE_FILE = "lywnet-state.safetensors"
 WEIGHTS_FILE = "lywnet.safetensors"
@@ -186,6 +186,17 @@ def _train_epoch(
     entry = {key: value / len(order) for key, value in totals.items()}
     entry.update(epoch=epoch, seconds=round(seconds, 1), images_per_second=round(len(order) / seconds, 2))
     return entry
+
+
+def finalize_checkpoint(run_weights: Path, out_path: Path, test_metrics: dict) -> None:
+    """Publish a run's weights at ``out_path`` with its test-split metrics in the metadata.
+
+    ``test_metrics`` is what ``medfuse evaluate --json`` reported for the run's fused test
+    images; the tensors and the training metadata are copied unchanged.
+    """
+    loaded = read_checkpoint(run_weights)
+    metadata = loaded.metadata | {"test_metrics": json.dumps(test_metrics, sort_keys=True)}
+    write_checkpoint(out_path, loaded.tensors, metadata)
 
 
 def _metadata(model: LYWNet, options: LYWNetTrainingOptions, record: dict) -> dict[str, str]:
