@@ -4,9 +4,9 @@ Reimplemented from the description of Wang et al.'s LWNet ("A lightweight medica
 network by structural similarity pseudo labels iteration"); no code, weights or equations are
 public, so every choice here is *our reading* (see ``../shared/papers/NOTES.md``):
 
-    MRI Y ──Encoder──▶ Fa ─┐                         ┌──────────────┐
-                            ├──MCA(Fa, Fb)──▶ M ──▶ │ Decoder       │──▶ fused Y (sigmoid)
-    func Y ─Encoder──▶ Fb ─┘   Fa, Fb (skip) ──────▶ └──────────────┘
+    MRI Y ──Encoder──▶ Fa ─┐                         ┌─────────┐
+                            ├──MCA(Fa, Fb)──▶ M ──▶ │ Decoder │──▶ m (sigmoid) ──▶ m·MRI + (1−m)·func
+    func Y ─Encoder──▶ Fb ─┘   Fa, Fb (skip) ──────▶ └─────────┘
 
 - each encoder is two 3×3 convolutions followed by ACA (ECA-style channel attention);
 - MCA filters each modality's features with depthwise convolutions of three kernel sizes and
@@ -14,7 +14,8 @@ public, so every choice here is *our reading* (see ``../shared/papers/NOTES.md``
   (a C×C map, Restormer's transposed attention), so the cost stays linear in the pixel count
   and any H×W works without padding;
 - the decoder sees the cross-attended features and both encoders' features (a skip that keeps
-  the edges of either source) and ends in a sigmoid, so the output is a Y image in [0, 1].
+  the edges of either source) and ends in a sigmoid: a per-pixel weight between the two
+  sources (our choice, see ``LWNet``), so the output is a Y image in [0, 1].
 
 No normalisation layers: nothing depends on batch statistics, so batching never changes a
 pixel, and inference is a handful of small convolutions.
@@ -134,6 +135,9 @@ class MultiScaleCrossAttention(nn.Module):
 class Decoder(nn.Module):
     """Small decoder, our reading: upsample the MCA output to full size, concat it with both
     encoders' shallow features, 1×1 conv to mix, 3×3 conv, 1×1 conv to one channel, sigmoid.
+
+    The sigmoid gives a per-pixel weight m in [0, 1] rather than the fused intensity itself
+    (see ``LWNet``).
     """
 
     def __init__(self, channels: int = CHANNELS) -> None:
@@ -151,7 +155,15 @@ class Decoder(nn.Module):
 
 
 class LWNet(nn.Module):
-    """Two encoders with ACA, MCA between the modalities at half resolution, a small decoder."""
+    """Two encoders with ACA, MCA between the modalities at half resolution, a small decoder.
+
+    Our choice where the paper is silent: the decoder's sigmoid output is a per-pixel weight m
+    and the fused Y is m·MRI + (1 − m)·functional. Every fused pixel is then a convex mix of
+    the sources, so it stays in [0, 1] and keeps their contrast instead of re-synthesising
+    intensities through a few thousand weights (an intensity-regressing decoder of this size
+    trained to blurred, low-VIF outputs in our first runs); a fresh network starts as the
+    average rule (m ≈ 0.5) and learns where to lean toward either source.
+    """
 
     def __init__(self, channels: int = CHANNELS) -> None:
         super().__init__()
@@ -163,7 +175,8 @@ class LWNet(nn.Module):
     def forward(self, anatomical: torch.Tensor, functional: torch.Tensor) -> torch.Tensor:
         shallow_a, deep_a = self.encoder_a(anatomical)
         shallow_b, deep_b = self.encoder_b(functional)
-        return self.decoder(self.mca(deep_a, deep_b), shallow_a, shallow_b)
+        weight = self.decoder(self.mca(deep_a, deep_b), shallow_a, shallow_b)
+        return weight * anatomical + (1 - weight) * functional
 
 
 def build_lwnet(loaded: LoadedCheckpoint | None, options: dict) -> nn.Module:
