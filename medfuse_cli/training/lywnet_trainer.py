@@ -113,7 +113,7 @@ def train_lywnet(
     model = LYWNet().train()
     optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
     state_path = out_dir / STATE_FILE
-    record = {"epochs_done": 0, "seconds": 0.0, "log": [], "images": len(images)}
+    record = {"epochs_done": 0, "seconds": 0.0, "log": [], "images": len(images), "git_commit": _git_commit()}
     if options.resume:
         if not state_path.is_file():
             raise MedfuseError(f"nothing to resume: {state_path} does not exist")
@@ -215,7 +215,7 @@ def _metadata(model: LYWNet, options: LYWNetTrainingOptions, record: dict) -> di
             f"loss weights {LOSS_WEIGHTS}"
         ),
         "wall_time_minutes": f"{record['seconds'] / 60:.1f}",
-        "git_commit": _git_commit(),
+        "git_commit": record["git_commit"],  # the code the run started from
         "training_log": json.dumps(record["log"]),
         "options": json.dumps(asdict(options)),
     }
