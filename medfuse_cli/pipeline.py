@@ -20,6 +20,7 @@ from medfuse_cli.color import merge_luma, split_luma
 from medfuse_cli.errors import MedfuseError
 from medfuse_cli.fusers.registry import FuserSpec, get_fuser_spec
 from medfuse_cli.io import LoadedImage, read_image, write_png
+from medfuse_cli.runtime import keep_heap_memory
 from medfuse_cli.weights import read_checkpoint, resolve_checkpoint
 
 
@@ -83,6 +84,7 @@ class Fusion:
         checkpoint: str | None = None,
         options: dict | None = None,
     ) -> None:
+        keep_heap_memory()  # tensors reuse freed pages instead of faulting in new ones each call
         self.spec: FuserSpec = get_fuser_spec(model)
         self.device = device
         self.weights = weights
@@ -171,8 +173,9 @@ def fuse_folders(
 ) -> list[PairOutcome]:
     """Fuse every job; a pair that fails is reported and skipped, the others are written.
 
-    Decoding of the next batch and encoding of the previous one run on worker threads while
-    the fuser works (PIL and zlib release the GIL), so the flow is not serialised on I/O.
+    Decoding of the next batch, and colour merging and encoding of the previous one, run on
+    worker threads while the fuser works (numpy, PIL and zlib release the GIL), so the flow is
+    not serialised on I/O.
     """
     outcomes: list[PairOutcome] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -186,10 +189,14 @@ def fuse_folders(
                     on_done(outcome)
             fused = fusion.fuse_pairs([pair for _, pair in good])
             for (job, pair), plane in zip(good, fused, strict=True):
-                writes.append((job, pool.submit(write_png, job.output, compose(pair, plane), pair.bit_depth)))
+                writes.append((job, pool.submit(_compose_and_write, job.output, pair, plane)))
             writes = _collect_finished(writes, outcomes, on_done, wait=False)
         _collect_finished(writes, outcomes, on_done, wait=True)
     return outcomes
+
+
+def _compose_and_write(output: Path, pair: Pair, fused_y: np.ndarray) -> None:
+    write_png(output, compose(pair, fused_y), pair.bit_depth)
 
 
 def _loaded_batches(

@@ -7,6 +7,8 @@ consistent with the others.
 from __future__ import annotations
 
 import json
+import resource
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from medfuse_cli.bench import BenchSettings, count_flops, peak_memory, time_calls
+from medfuse_cli.runtime import keep_heap_memory
 
 FIELDS = {
     "model",
@@ -117,3 +120,15 @@ def test_flops_of_a_known_convolution() -> None:
             return self.conv(torch.cat([a, b], dim=1))
 
     assert count_flops(OneConv(), 10, 20) == 2 * (2 * 9) * 4 * 10 * 20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_freed_tensors_are_reused_without_new_page_faults() -> None:
+    if not keep_heap_memory():
+        pytest.skip("not glibc")
+    torch.ones(2**21)  # 8 MiB: the first allocation may fault its pages in
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        torch.ones(2**21)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < 2048  # an unmapped-and-remapped 8 MiB block costs 2048 faults each time
