@@ -200,7 +200,7 @@ register_fuser(
             CheckpointSpec(
                 name="functional",
                 filename="lwnet-functional.safetensors",
-                sha256="",
+                sha256="ccc4260a40bcac2ca085c705e1217c2284fc3a88e73a8b4488bf30797ee07185",
                 provenance="trained by medfuse with SPI on Harvard SPECT-MRI train patches",
                 applies_to="functional",
             ),
