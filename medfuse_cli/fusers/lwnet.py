@@ -207,7 +207,7 @@ register_fuser(
             CheckpointSpec(
                 name="ct",
                 filename="lwnet-ct.safetensors",
-                sha256="",
+                sha256="d7ac12ea564bfe3fb0d9838982f4db5b0e7c68111646e33313652554934a7aec",
                 provenance="trained by medfuse with SPI on Harvard CT-MRI train patches",
                 applies_to="ct",
             ),
