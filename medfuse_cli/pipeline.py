@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,15 +171,18 @@ def fuse_folders(
     resize: bool = False,
     on_done: Callable[[PairOutcome], None] = lambda _: None,
     workers: int = 2,
+    fuse_threads: int | None = None,
 ) -> list[PairOutcome]:
     """Fuse every job; a pair that fails is reported and skipped, the others are written.
 
     Decoding of the next batch, and colour merging and encoding of the previous one, run on
     worker threads while the fuser works (numpy, PIL and zlib release the GIL), so the flow is
-    not serialised on I/O.
+    not serialised on I/O. On CPU the fuser gets ``fuse_threads`` torch threads, by default one
+    fewer than configured: the workers need a core, and torch threads that share theirs
+    spin-wait against them (see BENCHMARKS.md).
     """
     outcomes: list[PairOutcome] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with _torch_threads(fusion.device, fuse_threads), ThreadPoolExecutor(max_workers=workers) as pool:
         writes: list[tuple[PairJob, Future]] = []
         for batch in _loaded_batches(pool, jobs, batch_size, resize):
             good = [(job, pair) for job, pair in batch if isinstance(pair, Pair)]
@@ -193,6 +197,18 @@ def fuse_folders(
             writes = _collect_finished(writes, outcomes, on_done, wait=False)
         _collect_finished(writes, outcomes, on_done, wait=True)
     return outcomes
+
+
+@contextmanager
+def _torch_threads(device: torch.device, wanted: int | None) -> Iterator[None]:
+    """Run the block with ``wanted`` torch threads on CPU (default: one fewer), then restore."""
+    configured = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(wanted or max(1, configured - 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(configured)
 
 
 def _compose_and_write(output: Path, pair: Pair, fused_y: np.ndarray) -> None:

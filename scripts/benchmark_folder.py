@@ -2,19 +2,20 @@
 
 The folder is made from the bundled example pairs (SPECT, PET and CT with their MRIs), each
 copy flipped, rotated and shifted so no two files are alike, written as ordinary PNGs. Two
-timings are reported:
+timings are reported (the first also as CPU time and page faults per pair, which a busy
+machine distorts less than wall time):
 
 - ``fuse_folders``: the function ``medfuse fuse DIR DIR -o DIR`` runs (decode, fuse, encode
   overlapped on worker threads), with the fuser already built and warmed up;
 - ``medfuse fuse`` as a user runs it, in a fresh process: start-up and loading included.
 
-Usage: python scripts/benchmark_folder.py [--pairs 1000] [--model lwnet] [--threads N]
+Usage: python scripts/benchmark_folder.py [--pairs 1000] [--model lwnet] [--batch-size 16] [--fuse-threads N]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,14 @@ def make_pairs(folder: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
     return mri_dir, functional_dir
 
 
+def _cost_per_pair(
+    before: resource.struct_rusage, after: resource.struct_rusage, pairs: int
+) -> tuple[float, float]:
+    """CPU milliseconds (all threads) and minor page faults per pair: less load-sensitive than pairs/s."""
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return cpu * 1000 / pairs, (after.ru_minflt - before.ru_minflt) / pairs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -69,11 +78,14 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1000)
     parser.add_argument("--model", default="lwnet")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument(
+        "--fuse-threads",
+        type=int,
+        default=None,
+        help="torch threads while fusing (default: fuse_folders' choice)",
+    )
     parser.add_argument("--skip-cli", action="store_true", help="only time fuse_folders in this process")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="medfuse-folder-") as scratch:
         root = Path(scratch)
@@ -87,15 +99,18 @@ def main() -> None:
                 PairJob(n, mri_dir / f"{n}.png", functional_dir / f"{n}.png", out / f"{n}.png") for n in names
             ]
 
-        fuse_folders(fusion, jobs(root / "warm")[: 2 * args.batch_size], batch_size=args.batch_size)
-        started = time.perf_counter()
-        outcomes = fuse_folders(fusion, jobs(root / "out"), batch_size=args.batch_size)
+        settings = {"batch_size": args.batch_size, "fuse_threads": args.fuse_threads}
+        fuse_folders(fusion, jobs(root / "warm")[: 2 * args.batch_size], **settings)
+        usage, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        outcomes = fuse_folders(fusion, jobs(root / "out"), **settings)
         seconds = time.perf_counter() - started
+        cpu_ms, faults = _cost_per_pair(usage, resource.getrusage(resource.RUSAGE_SELF), len(outcomes))
         failed = [o for o in outcomes if o.error]
         note = " (random weights: speed only)" if weights == RANDOM_WEIGHTS else ""
         print(
             f"fuse_folders: {len(outcomes) - len(failed)} pairs with {args.model}{note} in {seconds:.2f} s "
-            f"= {len(outcomes) / seconds:.1f} pairs/s ({torch.get_num_threads()} torch threads)"
+            f"= {len(outcomes) / seconds:.1f} pairs/s (fuse_threads {args.fuse_threads or 'default'}, "
+            f"batch {args.batch_size}); CPU {cpu_ms:.1f} ms and {faults:.0f} page faults per pair"
         )
         if failed:
             sys.exit(f"{len(failed)} pairs failed, e.g. {failed[0].error}")
@@ -107,9 +122,8 @@ def main() -> None:
             command += ["--batch-size", str(args.batch_size)]
             if fusion.weights is not None:
                 command += ["--weights", str(fusion.weights)]
-            env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
             started = time.perf_counter()
-            subprocess.run(command, check=True, env=env)
+            subprocess.run(command, check=True)
             seconds = time.perf_counter() - started
             print(f"medfuse fuse (fresh process, start-up included): {args.pairs / seconds:.1f} pairs/s")
 
