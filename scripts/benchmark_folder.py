@@ -99,7 +99,9 @@ def main() -> None:
                 PairJob(n, mri_dir / f"{n}.png", functional_dir / f"{n}.png", out / f"{n}.png") for n in names
             ]
 
-        settings = {"batch_size": args.batch_size, "fuse_threads": args.fuse_threads}
+        settings = {"batch_size": args.batch_size}
+        if args.fuse_threads:  # only when asked, so the script also runs against older pipelines
+            settings["fuse_threads"] = args.fuse_threads
         fuse_folders(fusion, jobs(root / "warm")[: 2 * args.batch_size], **settings)
         usage, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         outcomes = fuse_folders(fusion, jobs(root / "out"), **settings)
