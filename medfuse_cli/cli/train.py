@@ -62,13 +62,16 @@ def train(
         help="[lwnet] An output becomes a pseudo label when it scores ≥ this × the best candidate.",
     ),
     gradient_weight: float = typer.Option(
-        0.0,
+        1.0,
         "--gradient-weight",
         min=0.0,
-        help="[lwnet] Weight of the edge term toward the stronger source gradient.",
+        help="[lwnet] Weight of the edge loss toward the stronger source gradient (0: the plain recipe).",
     ),
     detail_weight: float = typer.Option(
-        0.0, "--detail-weight", min=0.0, help="[lwnet] Weight of the detail term in the label score."
+        0.25,
+        "--detail-weight",
+        min=0.0,
+        help="[lwnet] Weight of the detail term in the label score (0: SSIM sum only, as in the paper).",
     ),
     quiet: bool = options.QUIET,
 ) -> None:

@@ -2,12 +2,15 @@
 
 1. Patches of the training pairs are split, reproducibly, into a labelled and an unlabelled half.
 2. Every patch is scored against each candidate label (crops of whole-image fusions by named
-   fusers and by other tools' folders) with s(F) = SSIM(F, MRI) + SSIM(F, functional) (plus an
-   optional detail term); a labelled patch starts with its best candidate.
-3. Each iteration trains ``epochs`` epochs on every patch that has a label, then runs the network
-   on every patch: an unlabelled patch whose output scores ≥ ``admit`` × its best candidate's
-   score gets the output as its pseudo label; a label is displaced by the output when the output
-   scores ≥ ``displace`` × the label's score.
+   fusers and by other tools' folders) with s(F) = SSIM(F, MRI) + SSIM(F, functional), plus
+   ``detail_weight`` × a detail score (ours: by s alone the averaging rule wins most patches
+   and its weak edges are what the network learns); a labelled patch starts with its best
+   candidate.
+3. Each iteration trains ``epochs`` epochs on every patch that has a label (L1 + 1 − SSIM toward
+   the label, plus ``gradient_weight`` × an edge term, see ``losses.fusion_loss``), then runs
+   the network on every patch: an unlabelled patch whose output scores ≥ ``admit`` × its best
+   candidate's score gets the output as its pseudo label; a label is displaced by the output
+   when the output scores ≥ ``displace`` × the label's score.
 4. Each iteration's log (labels added and replaced, mean label score, validation metrics on
    held-out training pairs) is printed and kept in the checkpoints' metadata.
 
@@ -69,8 +72,8 @@ class SPIConfig:
     val_fraction: float = 0.1
     displace: float = 1.10
     admit: float = 1.00
-    gradient_weight: float = 0.0
-    detail_weight: float = 0.0
+    gradient_weight: float = 1.0  # edge loss; 0 gives the plain L1 + (1 - SSIM) recipe
+    detail_weight: float = 0.25  # detail term of the label score; 0 gives the paper's SSIM sum
     min_mean: float = 0.02
     seed: int = 0
     command: str = ""
