@@ -235,3 +235,28 @@ def test_fds_weights_follow_the_stronger_feature() -> None:
     fds = lywnet.FDSFusion(temperature=1.0)
     fa, fb = torch.tensor([10.0, 0.0]), torch.tensor([0.0, 0.0])
     torch.testing.assert_close(fds(fa, fb), torch.tensor([10.0 * torch.sigmoid(torch.tensor(10.0)), 0.0]))
+
+
+def test_bundled_checkpoint_is_ours_and_loads_by_default() -> None:
+    """The shipped file matches its registry checksum, is our format, and says how it was made."""
+    from medfuse_cli.weights import BUNDLED_DIR
+
+    spec = get_fuser_spec("lywnet").default_checkpoint(second_is_color=True)
+    path = BUNDLED_DIR / spec.filename
+    if not path.is_file():
+        pytest.skip(f"{path} is not bundled in this checkout")
+    loaded = read_checkpoint(path, spec.sha256)
+    assert loaded.metadata["format"] == OWN_FORMAT and loaded.metadata["normalization"] == PER_IMAGE
+    assert {
+        "command",
+        "data",
+        "epochs",
+        "wall_time_minutes",
+        "git_commit",
+        "test_metrics",
+    } <= loaded.metadata.keys()
+    assert "/train" in loaded.metadata["data"] and "/test" not in loaded.metadata["data"]
+    model = load_lywnet(loaded)
+    with torch.no_grad():
+        fused = model(*_pair(1, 16, 16))
+    assert fused.shape == (1, 1, 16, 16)

@@ -418,7 +418,7 @@ register_fuser(
             CheckpointSpec(
                 name="harvard",
                 filename="lywnet-harvard.safetensors",
-                sha256="",
+                sha256="7e3bd2bc3c914c843e8ff80e6a38ab6b4ce26a68563aecb7569ca2b72c5a7ad4",
                 provenance="trained by medfuse on ../shared/data/harvard/*/train (all pairs); see weights/MODEL_CARD.md",
             ),
         ),
