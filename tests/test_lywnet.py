@@ -229,6 +229,7 @@ def test_registry_builds_from_our_checkpoint_with_the_temperature_option(tmp_pat
         )
     with pytest.raises(MedfuseError, match="temperature must be positive"):
         spec.build(read_checkpoint(path), {"temperature": 0.0})
+    assert sum(p.numel() for p in spec.build(None, {}).parameters()) == 413_505  # for `medfuse models`
 
 
 def test_fds_weights_follow_the_stronger_feature() -> None:

@@ -403,9 +403,11 @@ def load_lywnet(loaded: LoadedCheckpoint, temperature: float = DEFAULT_TEMPERATU
 
 
 def _build(loaded: LoadedCheckpoint | None, options: dict) -> nn.Module:
+    """The registry's builder; without a checkpoint, an untrained network (to inspect its size)."""
+    temperature = float(options.get("temperature", DEFAULT_TEMPERATURE))
     if loaded is None:
-        raise MedfuseError("model 'lywnet' needs a checkpoint; pass --weights PATH")
-    return load_lywnet(loaded, float(options.get("temperature", DEFAULT_TEMPERATURE)))
+        return LYWNet(temperature).eval()
+    return load_lywnet(loaded, temperature)
 
 
 register_fuser(
