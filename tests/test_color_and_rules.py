@@ -48,7 +48,7 @@ def test_rules_batch_like_single_images(name: str) -> None:
     fuser = get_fuser_spec(name).build(None, {})
     a, b = torch.rand(3, 1, 40, 48), torch.rand(3, 1, 40, 48)
     batched = fuser(a, b)
-    assert batched.shape == a.shape and 0 <= batched.min() and batched.max() <= 1
+    assert batched.shape == a.shape and batched.min() >= 0 and batched.max() <= 1
     for i in range(3):
         torch.testing.assert_close(fuser(a[i : i + 1], b[i : i + 1]), batched[i : i + 1])
 

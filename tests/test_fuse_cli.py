@@ -65,12 +65,22 @@ def test_same_inputs_give_identical_bytes(run_cli, examples: Path, tmp_path: Pat
 
 def test_folder_run_matches_single_runs(run_cli, examples: Path, tmp_path: Path) -> None:
     folder = examples / "SPECT-MRI"
-    result = run_cli("fuse", folder / "MRI", folder / "SPECT", "-o", tmp_path / "out", "-m", "laplacian", "--json")
+    result = run_cli(
+        "fuse", folder / "MRI", folder / "SPECT", "-o", tmp_path / "out", "-m", "laplacian", "--json"
+    )
     assert result.code == 0, result.stderr
     assert '"written": 2' in result.stdout
     for name in ("10018", "25014"):
         single = tmp_path / f"single-{name}.png"
-        run_cli("fuse", folder / "MRI" / f"{name}.png", folder / "SPECT" / f"{name}.png", "-o", single, "-m", "laplacian")
+        run_cli(
+            "fuse",
+            folder / "MRI" / f"{name}.png",
+            folder / "SPECT" / f"{name}.png",
+            "-o",
+            single,
+            "-m",
+            "laplacian",
+        )
         assert (tmp_path / "out" / f"{name}.png").read_bytes() == single.read_bytes()
 
 
@@ -200,7 +210,9 @@ def test_cuda_requested_without_gpu(run_cli, examples: Path, tmp_path: Path) -> 
 def test_resize_fixes_a_size_mismatch_explicitly(run_cli, examples: Path, tmp_path: Path) -> None:
     mri, spect = pair_paths(examples)
     Image.open(spect).resize((128, 128)).save(tmp_path / "small.png")
-    result = run_cli("fuse", mri, tmp_path / "small.png", "-o", tmp_path / "o.png", "-m", "average", "--resize", "-q")
+    result = run_cli(
+        "fuse", mri, tmp_path / "small.png", "-o", tmp_path / "o.png", "-m", "average", "--resize", "-q"
+    )
     assert result.code == 0
     assert Image.open(tmp_path / "o.png").size == (256, 256)
 

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -65,8 +66,8 @@ def test_strict_loading_names_missing_and_unexpected(tmp_path: Path) -> None:
 class _FakeHub(BaseHTTPRequestHandler):
     """Answers ``/<repo>/resolve/<revision>/<file>`` like the Hub: ETag, commit, length."""
 
-    files: dict[str, bytes] = {}
-    requests: list[str] = []
+    files: ClassVar[dict[str, bytes]] = {}
+    requests: ClassVar[list[str]] = []
 
     def _serve(self, with_body: bool) -> None:
         self.requests.append(f"{self.command} {self.path}")
@@ -141,7 +142,9 @@ def _resolve(tmp_path: Path, endpoint: str, sha: str, revision: str = COMMIT) ->
 
 def test_hub_download_is_pinned_and_verified(tmp_path: Path, fake_hub: str) -> None:
     sha = _tiny_checkpoint(tmp_path / "tiny.safetensors")
-    _FakeHub.files[f"/medfuse/test-weights/resolve/{COMMIT}/tiny.safetensors"] = (tmp_path / "tiny.safetensors").read_bytes()
+    _FakeHub.files[f"/medfuse/test-weights/resolve/{COMMIT}/tiny.safetensors"] = (
+        tmp_path / "tiny.safetensors"
+    ).read_bytes()
     result, _ = _resolve(tmp_path, fake_hub, sha)
     assert result["sum"] == 15.0 and "hf-home" in result["source"]
     assert any(r.startswith("GET ") and COMMIT in r for r in _FakeHub.requests)
@@ -149,7 +152,9 @@ def test_hub_download_is_pinned_and_verified(tmp_path: Path, fake_hub: str) -> N
 
 def test_hub_file_with_wrong_checksum_is_refused(tmp_path: Path, fake_hub: str) -> None:
     _tiny_checkpoint(tmp_path / "tiny.safetensors")
-    _FakeHub.files[f"/medfuse/test-weights/resolve/{COMMIT}/tiny.safetensors"] = (tmp_path / "tiny.safetensors").read_bytes()
+    _FakeHub.files[f"/medfuse/test-weights/resolve/{COMMIT}/tiny.safetensors"] = (
+        tmp_path / "tiny.safetensors"
+    ).read_bytes()
     result, _ = _resolve(tmp_path, fake_hub, "f" * 64)
     assert "checksum mismatch" in result["error"]
 

@@ -102,6 +102,6 @@ def list_fusers() -> list[FuserSpec]:
 
 def _load_builtin_fusers() -> None:
     """Import the modules that register the built-in fusers (once; imports are cached)."""
-    import medfuse_cli.fusers.classical  # noqa: F401
-    import medfuse_cli.fusers.lwnet  # noqa: F401
+    import medfuse_cli.fusers.classical
+    import medfuse_cli.fusers.lwnet
     import medfuse_cli.fusers.lywnet  # noqa: F401
