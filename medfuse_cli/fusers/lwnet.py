@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medfuse_cli.errors import MedfuseError
 from medfuse_cli.fusers.registry import CheckpointSpec, FuserSpec, LoadedCheckpoint, register_fuser
 
 CHANNELS = 8
@@ -180,12 +179,16 @@ class LWNet(nn.Module):
 
 
 def build_lwnet(loaded: LoadedCheckpoint | None, options: dict) -> nn.Module:
-    """LWNet with a checkpoint's weights; an untrained LWNet is never handed out as a fuser."""
+    """LWNet with a checkpoint's weights; without one, an untrained network to inspect its size.
+
+    The fusion pipeline always resolves a checkpoint for a network, so an untrained LWNet only
+    reaches ``medfuse models`` (parameter counts) and speed measurements, never a fused image.
+    """
     from medfuse_cli.weights import load_state_strict
 
-    if loaded is None:
-        raise MedfuseError("model 'lwnet' needs a checkpoint; pass --weights PATH or --checkpoint NAME")
     net = LWNet()
+    if loaded is None:
+        return net.eval()
     load_state_strict(net, loaded.tensors, loaded.source)
     return net.eval()
 
