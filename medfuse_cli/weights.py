@@ -34,6 +34,7 @@ def _bundled_dir() -> Path:
 
 BUNDLED_DIR = _bundled_dir()
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+_SAFETENSORS_HEADER_START = b"{"  # after the 8-byte header length, the JSON header begins
 
 
 def sha256_of(path: Path) -> str:
@@ -50,8 +51,10 @@ def read_checkpoint(path: Path, sha256: str | None = None) -> LoadedCheckpoint:
     if not path.is_file():
         raise MedfuseError(f"checkpoint not found: {path}")
     with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head.startswith(_PICKLE_MAGIC):
+        head = handle.read(9)
+    # A safetensors header length can itself begin with pickle's or zip's magic bytes (e.g. a
+    # 640-byte header is 80 02 00 ...), so the JSON brace at byte 8 decides first.
+    if head[8:9] != _SAFETENSORS_HEADER_START and head.startswith(_PICKLE_MAGIC):
         raise MedfuseError(f"{path} is a pickle/PyTorch file; only safetensors checkpoints load")
     if sha256 is not None and sha256_of(path) != sha256:
         raise MedfuseError(f"checksum mismatch for {path}: the file is corrupt or not the expected one")

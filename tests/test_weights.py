@@ -170,3 +170,15 @@ def test_unreachable_hub_falls_back_to_bundled(tmp_path: Path) -> None:
 def test_unreachable_hub_without_bundled_file_is_an_error(tmp_path: Path) -> None:
     result, _ = _resolve(tmp_path, "http://127.0.0.1:9", "0" * 64)
     assert "--weights" in result["error"]
+
+
+def test_safetensors_whose_header_length_looks_like_pickle_still_loads(tmp_path: Path) -> None:
+    """A 640-byte header is stored as 80 02 00 ...: pickle's magic, yet a valid safetensors file."""
+    path = tmp_path / "c.safetensors"
+    for padding in range(700):
+        write_checkpoint(path, {"weight": torch.zeros(2)}, {"pad": "x" * padding})
+        if path.read_bytes()[:2] == b"\x80\x02":
+            break
+    else:
+        pytest.fail("no padding produced a header length starting with 80 02")
+    assert read_checkpoint(path).metadata["pad"] == "x" * padding

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ from torch import Tensor
 from medfuse_cli.errors import MedfuseError
 from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, LYWNet
 from medfuse_cli.training.patches import load_pairs
+from medfuse_cli.training.provenance import git_commit
 from medfuse_cli.training.resume import load_training_state, save_training_state
 from medfuse_cli.weights import read_checkpoint, write_checkpoint
 
@@ -113,7 +113,7 @@ def train_lywnet(
     model = LYWNet().train()
     optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
     state_path = out_dir / STATE_FILE
-    record = {"epochs_done": 0, "seconds": 0.0, "log": [], "images": len(images), "git_commit": _git_commit()}
+    record = {"epochs_done": 0, "seconds": 0.0, "log": [], "images": len(images), "git_commit": git_commit()}
     if options.resume:
         if not state_path.is_file():
             raise MedfuseError(f"nothing to resume: {state_path} does not exist")
@@ -219,17 +219,3 @@ def _metadata(model: LYWNet, options: LYWNetTrainingOptions, record: dict) -> di
         "training_log": json.dumps(record["log"]),
         "options": json.dumps(asdict(options)),
     }
-
-
-def _git_commit() -> str:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return result.stdout.strip() if result.returncode == 0 else "unknown"

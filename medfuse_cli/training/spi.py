@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from medfuse_cli.metrics.structural import ssim as ssim_metric
 from medfuse_cli.metrics.visual import vif
 from medfuse_cli.training.losses import fusion_loss, label_score
 from medfuse_cli.training.patches import PairSet, Patches, load_pairs, make_patches, read_label_folder
+from medfuse_cli.training.provenance import git_commit
 from medfuse_cli.training.resume import load_training_state, save_training_state
 from medfuse_cli.weights import resolve_checkpoint, write_checkpoint
 
@@ -410,7 +410,7 @@ class _Run:
             ),
             "epochs": str(self.progress["epochs_done"]),
             "wall_time_minutes": f"{self._seconds() / 60:.1f}",
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "initial_label_wins": json.dumps(self.progress["initial_wins"]),
             "spi_log": json.dumps(self.progress["log"]),
             "config": json.dumps(asdict(config)),
@@ -425,17 +425,3 @@ def _describe(entry: dict) -> str:
     if entry["validation"]:
         parts.append("| validation " + " ".join(f"{k} {v:.4f}" for k, v in entry["validation"].items()))
     return " ".join(parts)
-
-
-def _git_commit() -> str:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return result.stdout.strip() if result.returncode == 0 else "unknown"
