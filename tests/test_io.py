@@ -112,3 +112,10 @@ def test_empty_folder_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
     with pytest.raises(MedfuseError, match="no images"):
         pair_folders(tmp_path / "a", tmp_path / "b")
+
+
+def test_outputs_get_ordinary_file_permissions(tmp_path: Path) -> None:
+    """Atomic writes go through mkstemp (0600); the result must look like any other new file."""
+    write_png(tmp_path / "out.png", np.zeros((4, 4), np.float32), 8)
+    (tmp_path / "plain.png").write_bytes(b"")  # what open() gives under this umask
+    assert (tmp_path / "out.png").stat().st_mode & 0o777 == (tmp_path / "plain.png").stat().st_mode & 0o777
