@@ -8,7 +8,6 @@ import torch
 import typer
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from medfuse_cli.bench import RANDOM_WEIGHTS, BenchRow, BenchSettings, run_benchmark
@@ -17,7 +16,7 @@ from medfuse_cli.devices import resolve_device
 from medfuse_cli.errors import MedfuseError
 from medfuse_cli.fusers.registry import list_fusers
 
-_stderr = Console(stderr=True)
+_stderr = options.stderr
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -55,14 +54,7 @@ def benchmark(
     names = model or [spec.name for spec in list_fusers()]
     settings = BenchSettings(warmup=warmup, repeat=repeat, max_seconds=max_seconds)
     batches = _batch_sizes(batch)
-    with Progress(
-        TextColumn("timing {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=_stderr,
-        disable=quiet,
-        transient=True,
-    ) as progress:
+    with options.progress_bar("timing {task.description}", quiet, eta=False) as progress:
         task = progress.add_task("", total=len(names) * (len(batches) + 1))
         started = [0]
 

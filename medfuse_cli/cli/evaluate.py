@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -16,7 +15,7 @@ from medfuse_cli.cli import options
 from medfuse_cli.devices import resolve_device
 from medfuse_cli.errors import MedfuseError
 
-_stderr = Console(stderr=True)
+_stderr = options.stderr
 
 
 def evaluate(
@@ -61,15 +60,7 @@ def evaluate(
     torch_device = resolve_device(device)
     total = sum(len(s.pairs) for s in pair_sets) * len(methods)
 
-    with Progress(
-        TextColumn("scoring"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=_stderr,
-        disable=quiet or not _stderr.is_terminal,
-        transient=True,
-    ) as progress:
+    with options.progress_bar("scoring", quiet or not options.stderr.is_terminal) as progress:
         task = progress.add_task("evaluate", total=total)
 
         def skipped(label: str, reason: str) -> None:

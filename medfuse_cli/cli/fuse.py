@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from medfuse_cli.cli import options
 from medfuse_cli.devices import resolve_device
@@ -16,7 +14,7 @@ from medfuse_cli.errors import MedfuseError
 from medfuse_cli.io import pair_folders, write_png
 from medfuse_cli.pipeline import Fusion, PairJob, PairOutcome, compose, fuse_folders, load_pair
 
-_stderr = Console(stderr=True)
+_stderr = options.stderr
 
 
 def fuse(
@@ -115,15 +113,7 @@ def _fuse_folders(
             "pass --overwrite to replace them"
         )
     output_dir.mkdir(parents=True, exist_ok=True)
-    with Progress(
-        TextColumn("fusing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=_stderr,
-        disable=quiet,
-        transient=True,
-    ) as progress:
+    with options.progress_bar("fusing", quiet) as progress:
         task = progress.add_task("fuse", total=len(jobs))
 
         def report(outcome: PairOutcome) -> None:
