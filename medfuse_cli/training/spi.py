@@ -35,7 +35,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from medfuse_cli.errors import MedfuseError
-from medfuse_cli.fusers.lwnet import LWNet
+from medfuse_cli.fusers.lwnet import CHECKPOINT_FORMAT, LWNet
 from medfuse_cli.fusers.registry import get_fuser_spec
 from medfuse_cli.metrics.gradient import qabf
 from medfuse_cli.metrics.structural import ssim as ssim_metric
@@ -399,7 +399,7 @@ class _Run:
         config = self.config
         return {
             "network": "LWNet",
-            "format": "medfuse-lwnet-1",
+            "format": CHECKPOINT_FORMAT,
             "parameters": str(sum(p.numel() for p in self.model.parameters())),
             "data": json.dumps(config.data),
             "command": config.command,
