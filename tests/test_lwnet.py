@@ -64,3 +64,12 @@ def test_registry_builds_from_checkpoint_strictly(net: LWNet) -> None:
     broken.pop("decoder.out.bias")
     with pytest.raises(MedfuseError, match="missing"):
         spec.build(LoadedCheckpoint(tensors=broken, metadata={}, source="memory"), {})
+
+
+def test_checkpoint_of_another_lwnet_format_is_refused(net: LWNet) -> None:
+    spec = get_fuser_spec("lwnet")
+    old = LoadedCheckpoint(
+        tensors=dict(net.state_dict()), metadata={"format": "medfuse-lwnet-1"}, source="old.st"
+    )
+    with pytest.raises(MedfuseError, match="format 'medfuse-lwnet-1'"):
+        spec.build(old, {})

@@ -67,6 +67,12 @@ def train(
         min=0.0,
         help="[lwnet] Weight of the edge loss toward the stronger source gradient (0: the plain recipe).",
     ),
+    intensity_weight: float = typer.Option(
+        0.0,
+        "--intensity-weight",
+        min=0.0,
+        help="[lwnet] Weight of the intensity loss toward max(MRI, functional) (0: left out).",
+    ),
     detail_weight: float = typer.Option(
         0.25,
         "--detail-weight",
@@ -98,6 +104,7 @@ def train(
             displace=displace,
             admit=admit,
             gradient_weight=gradient_weight,
+            intensity_weight=intensity_weight,
             detail_weight=detail_weight,
             seed=seed,
             command=command,

@@ -23,7 +23,7 @@ Why ¼ and ⅛ resolution (our choice, for speed): the network only decides *how
 source a pixel takes; the fused image itself is formed from the full-resolution sources, so
 their edges are kept whatever resolution the weight is computed at. Our first LWNet kept
 full-resolution features and cost 0.227 GFLOP and ~15 ms per 256×256 pair on a 2-core CPU;
-this one costs ~20× fewer FLOPs. Past the first layer, both modalities run through one
+this one costs 0.035 GFLOP (see BENCHMARKS.md for its time). Past the first layer, both modalities run through one
 grouped convolution (group 0 = MRI, group 1 = functional; no weight or channel is shared): the
 same function as two separate encoders in half the calls, which is what a batch-1 CPU run pays
 for.
@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medfuse_cli.errors import MedfuseError
 from medfuse_cli.fusers.registry import CheckpointSpec, FuserSpec, LoadedCheckpoint, register_fuser
 
 CHANNELS = 8
@@ -203,7 +204,6 @@ def build_lwnet(loaded: LoadedCheckpoint | None, options: dict) -> nn.Module:
     The fusion pipeline always resolves a checkpoint for a network, so an untrained LWNet only
     reaches ``medfuse models`` (parameter counts) and speed measurements, never a fused image.
     """
-    from medfuse_cli.errors import MedfuseError
     from medfuse_cli.weights import load_state_strict
 
     net = LWNet()

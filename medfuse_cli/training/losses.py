@@ -86,16 +86,27 @@ def label_score(fused: Tensor, anatomical: Tensor, functional: Tensor, detail_we
 
 
 def fusion_loss(
-    output: Tensor, label: Tensor, anatomical: Tensor, functional: Tensor, gradient_weight: float
+    output: Tensor,
+    label: Tensor,
+    anatomical: Tensor,
+    functional: Tensor,
+    gradient_weight: float,
+    intensity_weight: float = 0.0,
 ) -> Tensor:
-    """Supervised SPI loss: L1 + (1 − SSIM) toward the label, plus a detail term.
+    """Supervised SPI loss: L1 + (1 − SSIM) toward the label, plus a detail and an intensity term.
 
     The detail term, L1 between |∇output| and max(|∇MRI|, |∇functional|), pulls edges toward
     the stronger source: labels chosen by structural similarity alone are smooth (averaging
-    wins), and a network fitted to them alone inherits their weak edges.
+    wins), and a network fitted to them alone inherits their weak edges. But the MRI has the
+    stronger gradient almost everywhere, so on its own the detail term drives a weight-map
+    network to copy the MRI and drop the functional signal. The intensity term, L1 toward
+    max(MRI, functional), holds it back: where the functional image is the brighter source
+    (a tracer's uptake), the output must keep it.
     """
     loss = F.l1_loss(output, label) + (1 - ssim(output, label)).mean()
     if gradient_weight:
         strongest = torch.maximum(gradient_magnitude(anatomical), gradient_magnitude(functional))
         loss = loss + gradient_weight * F.l1_loss(gradient_magnitude(output), strongest)
+    if intensity_weight:
+        loss = loss + intensity_weight * F.l1_loss(output, torch.maximum(anatomical, functional))
     return loss
