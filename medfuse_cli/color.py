@@ -23,21 +23,34 @@ _YCBCR_TO_RGB = np.array(
         [1.0, 1.772, 0.0],
     ]
 )
-_CHROMA_OFFSET = 0.5  # 128/256 on the [0, 1] scale; Cb, Cr = 0.5 for gray
+_OFFSET = (0.0, 0.5, 0.5)  # added to Y, Cb, Cr: Cb = Cr = 128/256 = 0.5 for gray
+
+
+def _apply(matrix: np.ndarray, planes: tuple[np.ndarray, ...], out: np.ndarray) -> None:
+    """out[..., k] = Σ_j matrix[k, j] · planes[j], in float64, one output channel at a time.
+
+    Written out rather than as ``pixels @ matrix.T``: numpy hands that product to a
+    multithreaded BLAS whose idle threads spin, which cost a whole core beside the I/O threads
+    of a folder run, for arithmetic that plain elementwise passes do as fast on one core.
+    """
+    for k, row in enumerate(matrix):
+        out[..., k] = row[0] * planes[0] + row[1] * planes[1] + row[2] * planes[2]
 
 
 def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) RGB in [0, 1] -> (H, W, 3) YCbCr in [0, 1]."""
-    ycbcr = rgb.astype(np.float64) @ _RGB_TO_YCBCR.T
-    ycbcr[..., 1:] += _CHROMA_OFFSET
-    return ycbcr.astype(np.float32)
+    planes = tuple(rgb[..., k].astype(np.float64) for k in range(3))
+    ycbcr = np.empty(rgb.shape, np.float64)
+    _apply(_RGB_TO_YCBCR, planes, ycbcr)
+    return (ycbcr + _OFFSET).astype(np.float32)
 
 
 def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
     """(H, W, 3) YCbCr in [0, 1] -> (H, W, 3) RGB, clipped to [0, 1]."""
-    centred = ycbcr.astype(np.float64).copy()
-    centred[..., 1:] -= _CHROMA_OFFSET
-    return np.clip(centred @ _YCBCR_TO_RGB.T, 0.0, 1.0).astype(np.float32)
+    planes = tuple(ycbcr[..., k].astype(np.float64) - _OFFSET[k] for k in range(3))
+    rgb = np.empty(ycbcr.shape, np.float64)
+    _apply(_YCBCR_TO_RGB, planes, rgb)
+    return np.clip(rgb, 0.0, 1.0, out=rgb).astype(np.float32)
 
 
 def split_luma(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from medfuse_cli.errors import MedfuseError
-from medfuse_cli.io import pair_folders, read_image, write_png
+from medfuse_cli.io import _decode_plain_png, _decode_with_pillow, pair_folders, read_image, write_png
 
 
 def test_8bit_gray_scaled_to_unit_range(tmp_path: Path) -> None:
@@ -119,3 +119,30 @@ def test_outputs_get_ordinary_file_permissions(tmp_path: Path) -> None:
     write_png(tmp_path / "out.png", np.zeros((4, 4), np.float32), 8)
     (tmp_path / "plain.png").write_bytes(b"")  # what open() gives under this umask
     assert (tmp_path / "out.png").stat().st_mode & 0o777 == (tmp_path / "plain.png").stat().st_mode & 0o777
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [((23, 31), np.uint8), ((23, 31), np.uint16), ((23, 31, 3), np.uint8)],
+)
+def test_fast_png_path_reads_what_pillow_reads(tmp_path: Path, shape: tuple, dtype: type) -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, np.iinfo(dtype).max, size=shape, dtype=dtype, endpoint=True)
+    path = tmp_path / "image.png"
+    Image.fromarray(pixels).save(path)
+    data = path.read_bytes()
+    fast = _decode_plain_png(data)
+    assert fast is not None  # gray 8/16-bit and 8-bit RGB take the fast decoder
+    slow = _decode_with_pillow(data, path)
+    assert fast[1] == slow[1] and fast[0].dtype == slow[0].dtype
+    np.testing.assert_array_equal(fast[0], slow[0])
+
+
+def test_fast_png_path_leaves_palettes_and_alpha_to_pillow(tmp_path: Path) -> None:
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "alpha.png")
+    Image.fromarray(rgba[..., :3]).convert("P").save(tmp_path / "palette.png")
+    for name in ("alpha.png", "palette.png"):
+        assert _decode_plain_png((tmp_path / name).read_bytes()) is None
+        with pytest.raises(MedfuseError, match=r"palette|alpha"):
+            read_image(tmp_path / name)

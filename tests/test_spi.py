@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from medfuse_cli.io import write_png
-from medfuse_cli.training.losses import detail_score, ssim, structural_score
+from medfuse_cli.training.losses import detail_score, fusion_loss, ssim, structural_score
 from medfuse_cli.training.patches import load_pairs, patch_grid
 from medfuse_cli.training.spi import LABELS_FILE, STATE_FILE, WEIGHTS_FILE, SPIConfig, train_lwnet
 from medfuse_cli.weights import read_checkpoint
@@ -32,6 +32,7 @@ def _config(examples: Path, out: Path, label_dir: Path, **changes: object) -> SP
         displace=0.0,
         admit=0.0,
         gradient_weight=0.5,
+        intensity_weight=2.0,
         detail_weight=0.1,
         quiet=True,
     )
@@ -67,7 +68,9 @@ def test_resumed_run_equals_uninterrupted_run(examples: Path, tmp_path: Path, la
     assert [entry["iteration"] for entry in log] == [1, 2]
     # thresholds of 0 let every output in: SPI must have admitted and replaced labels
     assert log[0]["added"] > 0 and log[0]["replaced"] > 0
-    assert set(log[-1]["validation"]) == {"SSIM", "Qabf", "VIF"}
+    validation = log[-1]["validation"]
+    assert set(validation) == {"SSIM", "Qabf", "VIF", "functional_share"}
+    assert 0.0 <= validation["functional_share"] <= 1.0  # a convex mix of the sources
     assert a.metadata["epochs"] == "2" and a.metadata["network"] == "LWNet"
     assert set(json.loads(a.metadata["initial_label_wins"])) == {"average", "laplacian", "maximum-png"}
     assert (pieces / STATE_FILE).is_file() and (pieces / LABELS_FILE).is_file()
@@ -124,3 +127,15 @@ def test_scores_prefer_the_better_fusion() -> None:
     assert (structural_score(average, a, b) > structural_score(blurred, a, b)).all()
     assert (detail_score(torch.maximum(a, b), a, b) > detail_score(blurred, a, b)).all()
     assert np.isclose(float(detail_score(a, a, a.mul(0))[0]), 1.0, atol=1e-5)
+
+
+def test_intensity_term_penalises_copying_the_mri() -> None:
+    torch.manual_seed(0)
+    mri, functional = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    label = torch.maximum(mri, functional)
+
+    def loss(output: torch.Tensor, intensity_weight: float) -> float:
+        return float(fusion_loss(output, label, mri, functional, 0.0, intensity_weight))
+
+    assert loss(mri, 2.0) > loss(mri, 0.0)  # the MRI copy is pulled back toward the brighter source
+    assert loss(label, 2.0) == loss(label, 0.0)  # max(MRI, functional) itself costs nothing extra

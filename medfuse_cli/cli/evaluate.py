@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from medfuse_cli import evaluation, plots
 from medfuse_cli.cli import options
 from medfuse_cli.devices import resolve_device
 from medfuse_cli.errors import MedfuseError
+
+if TYPE_CHECKING:
+    from medfuse_cli.evaluation import PairSetResult
 
 _stderr = options.stderr
 
@@ -48,6 +51,10 @@ def evaluate(
 
     Without --model or --fused every registered fuser is scored; networks without an available checkpoint are skipped with a note. Metrics see 8-bit Y planes: A = MRI, B = Y of the functional image (or the CT), F = Y of the fused image.
     """
+    # Imported here, not at the top: the metrics pull in scipy, which every other command
+    # would then pay for at start-up.
+    from medfuse_cli import evaluation, plots
+
     metric_names = evaluation.parse_metrics(metrics)
     if plot and out is None:
         raise MedfuseError("--plot writes files: give --out DIR as well")
@@ -94,9 +101,11 @@ def evaluate(
             _stderr.print(f"wrote {len(written)} files to {out}", markup=False)
 
 
-def _table(result: evaluation.PairSetResult) -> Table:
+def _table(result: PairSetResult) -> Table:
     """One rich table: a row per metric (with its direction), a column per method, cells
     "mean / ± std", the best method's cell in bold green with *. Fits 80 columns for ~6 methods."""
+    from medfuse_cli import evaluation
+
     table = Table(
         title=f"{result.pair_set.label} ({len(result.pair_set.pairs)} pairs)",
         caption="mean ± std · ↑/↓ higher/lower is better · * best",

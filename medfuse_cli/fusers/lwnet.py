@@ -229,14 +229,14 @@ register_fuser(
             CheckpointSpec(
                 name="functional",
                 filename="lwnet-functional.safetensors",
-                sha256="ccc4260a40bcac2ca085c705e1217c2284fc3a88e73a8b4488bf30797ee07185",
+                sha256="40b505d2b9633c1b5db13da7b05929f7515e0a8819a975fd1a4f35b03abc1e0b",
                 provenance="trained by medfuse with SPI on Harvard SPECT-MRI train patches",
                 applies_to="functional",
             ),
             CheckpointSpec(
                 name="ct",
                 filename="lwnet-ct.safetensors",
-                sha256="d7ac12ea564bfe3fb0d9838982f4db5b0e7c68111646e33313652554934a7aec",
+                sha256="16a8b2c00015065437b1986d13802026f4861c53a86fd070022a79be7f1e4ae0",
                 provenance="trained by medfuse with SPI on Harvard CT-MRI train patches",
                 applies_to="ct",
             ),
