@@ -176,7 +176,7 @@ def fuse_folders(
     """Fuse every job; a pair that fails is reported and skipped, the others are written.
 
     Decoding of the next batch, and colour merging and encoding of the previous one, run on
-    worker threads while the fuser works (numpy, PIL and zlib release the GIL), so the flow is
+    worker threads while the fuser works (numpy, imagecodecs and Pillow release the GIL), so the flow is
     not serialised on I/O. On CPU the fuser gets ``fuse_threads`` torch threads, by default one
     fewer than configured: the workers need a core, and torch threads that share theirs
     spin-wait against them (see BENCHMARKS.md).
