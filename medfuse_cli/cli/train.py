@@ -62,19 +62,19 @@ def train(
         help="[lwnet] An output becomes a pseudo label when it scores ≥ this × the best candidate.",
     ),
     gradient_weight: float = typer.Option(
-        1.0,
+        0.5,
         "--gradient-weight",
         min=0.0,
         help="[lwnet] Weight of the edge loss toward the stronger source gradient (0: the plain recipe).",
     ),
     intensity_weight: float = typer.Option(
-        0.0,
+        2.0,
         "--intensity-weight",
         min=0.0,
         help="[lwnet] Weight of the intensity loss toward max(MRI, functional) (0: left out).",
     ),
     detail_weight: float = typer.Option(
-        0.25,
+        0.1,
         "--detail-weight",
         min=0.0,
         help="[lwnet] Weight of the detail term in the label score (0: SSIM sum only, as in the paper).",
