@@ -75,7 +75,7 @@ def _decode_plain_png(data: bytes) -> tuple[np.ndarray, int] | None:
     decode to an alpha channel, and files the fast decoder rejects) goes to Pillow, whose
     messages say what is wrong with them.
     """
-    if data[:8] != _PNG_SIGNATURE or len(data) < 26 or (data[25], data[24]) not in _PLAIN_PNG:
+    if _png_header(data) not in _PLAIN_PNG:
         return None
     try:
         pixels = imagecodecs.png_decode(data)
@@ -122,9 +122,16 @@ def _pixels_of(image: Image.Image, path: Path) -> tuple[np.ndarray, int]:
     raise MedfuseError(f"{path}: unsupported pixel format {mode}")
 
 
+def _png_header(data: bytes) -> tuple[int, int] | None:
+    """(IHDR colour type, bit depth) of PNG bytes, or None when ``data`` is not a PNG."""
+    if data[:8] != _PNG_SIGNATURE or len(data) < 26:
+        return None
+    return data[25], data[24]
+
+
 def _refuse_16bit_colour_png(data: bytes, path: Path) -> None:
     """Pillow would quietly drop a 16-bit colour PNG to 8 bits: say so instead."""
-    if data[:8] == _PNG_SIGNATURE and len(data) >= 26 and data[24] == 16 and data[25] in (2, 6):
+    if _png_header(data) in {(2, 16), (6, 16)}:  # RGB or RGBA, 16 bits per channel
         raise MedfuseError(f"{path} is a 16-bit colour PNG; medfuse reads colour images as 8-bit only")
 
 
