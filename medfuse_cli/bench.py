@@ -41,8 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from medfuse_cli.errors import MedfuseError
 from medfuse_cli.fusers.registry import get_fuser_spec
-from medfuse_cli.io import write_png
-from medfuse_cli.pipeline import Fusion, compose, load_pair
+from medfuse_cli.pipeline import Fusion, load_pair, write_fused
 from medfuse_cli.weights import write_checkpoint
 
 EXAMPLE_PAIRS = (
@@ -297,7 +296,7 @@ def bench_flow(fusion: Fusion, weights: str, scratch: Path, settings: BenchSetti
     def flow() -> None:
         pair = load_pair(FLOW_PAIR[2], mri, functional)
         fused = fusion.fuse_y(pair.anatomical_y, pair.functional_y, pair.is_color)
-        write_png(output, compose(pair, fused), pair.bit_depth)
+        write_fused(output, pair, fused)
 
     module = fusion.module_for(is_color=True)
     params = sum(p.numel() for p in module.parameters())

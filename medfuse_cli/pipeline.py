@@ -193,7 +193,7 @@ def fuse_folders(
                     on_done(outcome)
             fused = fusion.fuse_pairs([pair for _, pair in good])
             for (job, pair), plane in zip(good, fused, strict=True):
-                writes.append((job, pool.submit(_compose_and_write, job.output, pair, plane)))
+                writes.append((job, pool.submit(write_fused, job.output, pair, plane)))
             writes = _collect_finished(writes, outcomes, on_done, wait=False)
         _collect_finished(writes, outcomes, on_done, wait=True)
     return outcomes
@@ -211,7 +211,8 @@ def _torch_threads(device: torch.device, wanted: int | None) -> Iterator[None]:
         torch.set_num_threads(configured)
 
 
-def _compose_and_write(output: Path, pair: Pair, fused_y: np.ndarray) -> None:
+def write_fused(output: Path | str, pair: Pair, fused_y: np.ndarray) -> None:
+    """Write the fused image of ``pair`` (``-``: standard output), in the pair's bit depth."""
     write_png(output, compose(pair, fused_y), pair.bit_depth)
 
 

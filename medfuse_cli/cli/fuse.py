@@ -11,8 +11,8 @@ import typer
 from medfuse_cli.cli import options
 from medfuse_cli.devices import resolve_device
 from medfuse_cli.errors import MedfuseError
-from medfuse_cli.io import pair_folders, write_png
-from medfuse_cli.pipeline import Fusion, PairJob, PairOutcome, compose, fuse_folders, load_pair
+from medfuse_cli.io import pair_folders
+from medfuse_cli.pipeline import Fusion, PairJob, PairOutcome, fuse_folders, load_pair, write_fused
 
 _stderr = options.stderr
 
@@ -82,7 +82,7 @@ def _fuse_one(
         _check_output_file(Path(output), (mri, functional), overwrite)
     pair = load_pair(mri.stem, mri, functional, resize)
     fused = fusion.fuse_y(pair.anatomical_y, pair.functional_y, pair.is_color)
-    write_png(output, compose(pair, fused), pair.bit_depth)
+    write_fused(output, pair, fused)
     return PairOutcome(pair.name, Path(output))
 
 
