@@ -260,6 +260,7 @@ class _Run:
         self.started = time.monotonic()
         self.seconds_before = progress["seconds"]
         _, self.val_images = _split_images(len(pairs.names), config.val_fraction, config.seed)
+        self.commit = git_commit()  # once per session, not a git process per saved epoch
 
     def loop(self) -> None:
         config = self.config
@@ -422,7 +423,7 @@ class _Run:
             ),
             "epochs": str(self.progress["epochs_done"]),
             "wall_time_minutes": f"{self._seconds() / 60:.1f}",
-            "git_commit": git_commit(),
+            "git_commit": self.commit,
             "initial_label_wins": json.dumps(self.progress["initial_wins"]),
             "spi_log": json.dumps(self.progress["log"]),
             "config": json.dumps(asdict(config)),
