@@ -13,6 +13,7 @@ import torch
 import typer
 
 from medfuse_cli.cli import options
+from medfuse_cli.devices import resolve_device
 from medfuse_cli.errors import MedfuseError
 
 
@@ -79,6 +80,18 @@ def train(
         min=0.0,
         help="[lwnet] Weight of the detail term in the label score (0: SSIM sum only, as in the paper).",
     ),
+    lr_schedule: str = typer.Option(
+        "constant", "--lr-schedule", help="[lywnet] constant (the authors') or cosine (down to --min-lr)."
+    ),
+    min_lr: float = typer.Option(
+        0.0, "--min-lr", min=0.0, help="[lywnet] Last learning rate of a cosine schedule."
+    ),
+    monitor: list[Path] = typer.Option(
+        [],
+        "--monitor",
+        help="[lywnet] Pair folder whose images give a held-out loss each epoch (repeatable).",
+    ),
+    device: str = options.DEVICE,
     quiet: bool = options.QUIET,
 ) -> None:
     """Train a fusion network; state is saved after every epoch, so a run can be resumed."""
@@ -120,6 +133,10 @@ def train(
             epochs=epochs or 5,
             batch_size=batch_size or 16,
             learning_rate=learning_rate or 1e-4,
+            lr_schedule=lr_schedule,
+            min_lr=min_lr,
+            monitor=[str(m) for m in monitor],
+            device=str(resolve_device(device)),
             seed=seed,
             max_minutes=max_minutes,
             resume=resume,

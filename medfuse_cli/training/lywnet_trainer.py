@@ -50,8 +50,12 @@ class LYWNetTrainingOptions:
     epochs: int = 5
     batch_size: int = 16
     learning_rate: float = 1e-4
+    lr_schedule: str = "constant"  # or "cosine": from learning_rate down to min_lr over all epochs
+    min_lr: float = 0.0
     size: int = 32
     seed: int = 0
+    device: str = "cpu"
+    monitor: list[str] = field(default_factory=list)  # pair folders for a held-out loss per epoch
     max_minutes: float | None = None
     resume: bool = False
     command: str = ""
@@ -84,6 +88,58 @@ def augment(y: Tensor, size: int, generator: torch.Generator) -> Tensor:
     return y[:, top : top + size, left : left + size].clamp(0.0, 1.0)
 
 
+def learning_rate_at(options: LYWNetTrainingOptions, step: int, total_steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``total_steps``.
+
+    ``constant``: the authors' fixed rate. ``cosine``: half a cosine from ``learning_rate`` to
+    ``min_lr`` over the planned steps (Loshchilov & Hutter, SGDR, ICLR 2017, without restarts),
+    our change to reach the authors' reconstruction loss in far fewer epochs on a CPU.
+    """
+    if options.lr_schedule == "constant":
+        return options.learning_rate
+    if options.lr_schedule != "cosine":
+        raise MedfuseError(f"unknown --lr-schedule '{options.lr_schedule}' (choose constant or cosine)")
+    progress = min(step / max(total_steps, 1), 1.0)
+    return options.min_lr + 0.5 * (options.learning_rate - options.min_lr) * (
+        1 + math.cos(math.pi * progress)
+    )
+
+
+def held_out_batch(images: list[Tensor], size: int) -> Tensor:
+    """Fixed (no randomness) size×size versions of held-out Y images: (N, 1, size, size).
+
+    Each image is resized (bilinear, antialiased) to ``size`` on its short side and its top-left
+    size×size corner kept, the authors' training resolution without their random augmentation.
+    """
+    fixed = []
+    for y in images:
+        height, width = y.shape[-2:]
+        scale = size / min(height, width)
+        shape = (max(size, round(height * scale)), max(size, round(width * scale)))
+        resized = F.interpolate(y[None], size=shape, mode="bilinear", antialias=True, align_corners=False)
+        fixed.append(resized[0, :, :size, :size].clamp(0.0, 1.0))
+    return torch.stack(fixed)
+
+
+@torch.inference_mode()
+def held_out_loss(model: LYWNet, batch: Tensor, chunk: int = 32) -> dict[str, float]:
+    """The authors' loss on ``batch`` with inference normalisation (per image), in chunks.
+
+    Logged every epoch next to the same number for a reference checkpoint, it tells how far
+    the run is from the authors' weights without fusing a test image.
+    """
+    was_training = model.training
+    model.eval()
+    totals = {"loss": 0.0, "mse": 0.0, "cosine": 0.0, "edge": 0.0}
+    for start in range(0, len(batch), chunk):
+        part = batch[start : start + chunk]
+        loss, parts = autoencoder_loss(model.autoencode(part), part)
+        for key, value in {"loss": loss.item(), **parts}.items():
+            totals[key] += value * len(part)
+    model.train(was_training)
+    return {key: round(value / len(batch), 6) for key, value in totals.items()}
+
+
 def training_images(data_dirs: list[Path]) -> list[Tensor]:
     """Every Y image of the pairs under ``data_dirs``: both modalities, as (1, H, W) tensors."""
     pairs = load_pairs([Path(d) for d in data_dirs])
@@ -109,8 +165,14 @@ def train_lywnet(
     out_dir.mkdir(parents=True, exist_ok=True)
     options.data = [str(d) for d in data_dirs]
     images = training_images(data_dirs)
+    device = torch.device(options.device)
+    monitor = (
+        held_out_batch(training_images([Path(d) for d in options.monitor]), options.size)
+        if options.monitor
+        else None
+    )
     torch.manual_seed(options.seed)
-    model = LYWNet().train()
+    model = LYWNet().train().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
     state_path = out_dir / STATE_FILE
     record = {"epochs_done": 0, "seconds": 0.0, "log": [], "images": len(images), "git_commit": git_commit()}
@@ -144,14 +206,18 @@ def train_lywnet(
                 break
             task = bar.add_task("train", total=steps, epoch=f"{epoch}/{options.epochs}", loss=0.0, rate=0.0)
             entry = _train_epoch(model, optimizer, images, options, epoch, partial(bar.update, task))
+            if monitor is not None:
+                entry["held_out"] = held_out_loss(model, monitor.to(device))
             record["epochs_done"] = epoch
             record["seconds"] = record["seconds"] + entry["seconds"]
             record["log"].append(entry)
             save_training_state(state_path, model, optimizer, record)
             write_checkpoint(out_dir / WEIGHTS_FILE, model.state_dict(), _metadata(model, options, record))
+            held = f", held-out loss {entry['held_out']['loss']:.4f}" if "held_out" in entry else ""
             log(
                 f"epoch {epoch}: loss {entry['loss']:.4f} (mse {entry['mse']:.4f}, cosine "
-                f"{entry['cosine']:.4f}, edge {entry['edge']:.4f}), {entry['images_per_second']:.1f} img/s"
+                f"{entry['cosine']:.4f}, edge {entry['edge']:.4f}){held}, lr {entry['lr']:.2e}, "
+                f"{entry['images_per_second']:.1f} img/s"
             )
     if record["epochs_done"] == 0:
         raise MedfuseError("no epoch finished: raise --max-minutes")
@@ -171,9 +237,14 @@ def _train_epoch(
     order = torch.randperm(len(images), generator=generator).tolist()
     totals = {"loss": 0.0, "mse": 0.0, "cosine": 0.0, "edge": 0.0}
     started = time.monotonic()
-    for start in range(0, len(order), options.batch_size):
+    device = next(model.parameters()).device
+    steps = math.ceil(len(order) / options.batch_size)
+    for step, start in enumerate(range(0, len(order), options.batch_size)):
+        lr = learning_rate_at(options, (epoch - 1) * steps + step, options.epochs * steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         chunk = order[start : start + options.batch_size]
-        batch = torch.stack([augment(images[i], options.size, generator) for i in chunk])
+        batch = torch.stack([augment(images[i], options.size, generator) for i in chunk]).to(device)
         loss, parts = autoencoder_loss(model.autoencode(batch), batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -184,7 +255,9 @@ def _train_epoch(
         update(advance=1, loss=totals["loss"] / done, rate=done / (time.monotonic() - started))
     seconds = time.monotonic() - started
     entry = {key: value / len(order) for key, value in totals.items()}
-    entry.update(epoch=epoch, seconds=round(seconds, 1), images_per_second=round(len(order) / seconds, 2))
+    entry.update(
+        epoch=epoch, seconds=round(seconds, 1), images_per_second=round(len(order) / seconds, 2), lr=lr
+    )
     return entry
 
 
@@ -211,7 +284,8 @@ def _metadata(model: LYWNet, options: LYWNetTrainingOptions, record: dict) -> di
         "epochs": str(record["epochs_done"]),
         "schedule": (
             f"autoencoder, {record['epochs_done']} of {options.epochs} epochs over {record['images']} Y "
-            f"images, Adam lr {options.learning_rate}, batch {options.batch_size}, {options.size} px, "
+            f"images, Adam lr {options.learning_rate} ({options.lr_schedule}"
+            f"{f' to {options.min_lr}' if options.lr_schedule == 'cosine' else ''}), batch {options.batch_size}, {options.size} px, "
             f"loss weights {LOSS_WEIGHTS}"
         ),
         "wall_time_minutes": f"{record['seconds'] / 60:.1f}",
