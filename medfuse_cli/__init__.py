@@ -1,3 +1,35 @@
-"""medfuse: fuse co-registered MRI with SPECT, PET or CT images, from the shell or Python."""
+"""medfuse: fuse co-registered MRI with SPECT, PET or CT images, from the shell or Python.
+
+The Python doors (imported on first use, so ``import medfuse_cli`` and ``medfuse --help`` stay
+light):
+
+- ``create_fuser(name, checkpoint=None, weights=None, device="cpu", pretrained=True)`` and
+  ``list_fusers()``: the model zoo (``medfuse_cli.fusers``);
+- ``Fusion``: a fuser with per-pair checkpoint choice, device and threads (``medfuse_cli.pipeline``);
+- ``metrics``: the field's fusion metrics, each a function of (A, B, F) (``medfuse_cli.metrics``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "create_fuser": "medfuse_cli.fusers",
+    "list_fusers": "medfuse_cli.fusers",
+    "Fusion": "medfuse_cli.pipeline",
+    "metrics": "medfuse_cli.metrics",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module when the name is first used (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'medfuse_cli' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name])
+    return module if name == "metrics" else getattr(module, name)
+
+
+__all__ = ["Fusion", "__version__", "create_fuser", "list_fusers", "metrics"]

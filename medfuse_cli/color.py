@@ -38,7 +38,7 @@ def _apply(matrix: np.ndarray, planes: tuple[np.ndarray, ...], out: np.ndarray) 
 
 
 def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB in [0, 1] -> (H, W, 3) YCbCr in [0, 1]."""
+    """(H, W, 3) RGB in [0, 1] -> (H, W, 3) float32 YCbCr in [0, 1] (BT.601 full range)."""
     planes = tuple(rgb[..., k].astype(np.float64) for k in range(3))
     ycbcr = np.empty(rgb.shape, np.float64)
     _apply(_RGB_TO_YCBCR, planes, ycbcr)
@@ -46,15 +46,26 @@ def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
 
 
 def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
-    """(H, W, 3) YCbCr in [0, 1] -> (H, W, 3) RGB, clipped to [0, 1]."""
+    """(H, W, 3) YCbCr in [0, 1] -> (H, W, 3) float32 RGB, clipped to [0, 1] (out-of-gamut pixels)."""
     planes = tuple(ycbcr[..., k].astype(np.float64) - _OFFSET[k] for k in range(3))
     rgb = np.empty(ycbcr.shape, np.float64)
     _apply(_YCBCR_TO_RGB, planes, rgb)
     return np.clip(rgb, 0.0, 1.0, out=rgb).astype(np.float32)
 
 
+def chroma_offsets(rgb: np.ndarray) -> np.ndarray:
+    """(H, W) distance of each pixel's colour from gray: max(|Cb - 0.5|, |Cr - 0.5|), in [0, 0.5].
+
+    ``rgb`` is (H, W, 3) in [0, 1]; multiply by 255 for 8-bit levels. Used to decide whether an
+    image is colour (``pipeline.read_colour``), robustly to a few coloured marks.
+    """
+    ycbcr = rgb_to_ycbcr(rgb)
+    return np.maximum(np.abs(ycbcr[..., 1] - 0.5), np.abs(ycbcr[..., 2] - 0.5))
+
+
 def split_luma(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Y of an image, and its CbCr (H, W, 2) when it is colour (None for grayscale)."""
+    """Y (H, W) float32 of an image in [0, 1], and its CbCr (H, W, 2) when it is (H, W, 3) colour
+    (None for an (H, W) grayscale image, whose Y is itself)."""
     if pixels.ndim == 2:
         return pixels.astype(np.float32), None
     ycbcr = rgb_to_ycbcr(pixels)
@@ -62,7 +73,8 @@ def split_luma(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def merge_luma(y: np.ndarray, chroma: np.ndarray | None) -> np.ndarray:
-    """The inverse of ``split_luma``: a new Y with the original chroma, back to RGB or gray."""
+    """The inverse of ``split_luma``: a new Y (H, W) with the original chroma, back to (H, W, 3)
+    RGB, or the Y itself when ``chroma`` is None."""
     if chroma is None:
         return y
     return ycbcr_to_rgb(np.concatenate([y[..., None], chroma], axis=-1))

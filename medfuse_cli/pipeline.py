@@ -1,8 +1,11 @@
 """The one fusion flow: files -> Y (+ CbCr) -> fuser -> fused Y + CbCr -> files.
 
-``load_pair`` reads and checks a pair, ``Fusion`` holds the built fusers on a device and fuses
-batches of same-sized pairs, ``compose`` puts the functional image's chroma back. ``fuse_folders``
-runs the flow over two folders with decoding and encoding overlapped on worker threads.
+``load_pair`` reads a pair and decides, from the data, how to read its second image (colour or
+gray; ``ColourReading`` says what was decided and why); ``Fusion`` holds one named fuser with its
+checkpoints, device and thread count, and fuses batches of same-sized pairs; ``compose`` puts the
+functional image's chroma back. ``fuse_folders`` runs the flow over many pairs with decoding and
+encoding overlapped on worker threads. Every command (fuse, evaluate, benchmark, train's label
+fusers) goes through ``Fusion``.
 """
 
 from __future__ import annotations
@@ -10,52 +13,164 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
-from medfuse_cli.color import merge_luma, split_luma
-from medfuse_cli.errors import MedfuseError
-from medfuse_cli.fusers.registry import FuserSpec, get_fuser_spec
-from medfuse_cli.io import LoadedImage, read_image, write_png
+from medfuse_cli.color import chroma_offsets, merge_luma, split_luma
+from medfuse_cli.devices import resolve_device
+from medfuse_cli.errors import InputError, MedfuseError
+from medfuse_cli.fusers import get_fuser_spec, load_weights
+from medfuse_cli.fusers.registry import CT, FUNCTIONAL
+from medfuse_cli.io import DEFAULT_MAX_PIXELS, LoadedImage, read_image, write_png
 from medfuse_cli.runtime import keep_heap_memory
-from medfuse_cli.weights import read_checkpoint, resolve_checkpoint
+
+CHROMA_MODES = ("auto", "keep", "drop")
+# A pixel counts as coloured when its Cb or Cr is more than this many 8-bit levels off gray:
+# one level of rounding in one channel moves chroma by at most half a level.
+CHROMA_LEVELS = 2.0
+# An image is colour when at least this share of its pixels is coloured. Measured on the Harvard
+# atlas: every pseudo-colour SPECT/PET slice has 8 % or more, every CT 0 %; a burned-in coloured
+# orientation letter or a one-level slip in one channel stays far below 2 %.
+COLOUR_SHARE = 0.02
+
+
+@dataclass(frozen=True)
+class ColourReading:
+    """How an image's colour was read, and the evidence.
+
+    Attributes:
+        is_color: True: its Cb/Cr are carried into the output; False: only its Y is used.
+        coloured_share: share of pixels whose chroma is more than ``CHROMA_LEVELS`` off gray
+            (what ``auto`` decides by).
+        off_gray_pixels: pixels whose R, G, B are not all equal (their colour is dropped when
+            the image is read as gray).
+        decided_by: ``"auto"`` or the ``--chroma`` value that forced the reading.
+    """
+
+    is_color: bool
+    coloured_share: float
+    off_gray_pixels: int
+    decided_by: str
+
+    def describe(self) -> str:
+        """E.g. ``gray (300 pixels' colour dropped, auto)`` or ``colour (36 % coloured pixels, auto)``."""
+        if self.is_color:
+            return f"colour ({100 * self.coloured_share:.3g} % coloured pixels, {self.decided_by})"
+        if self.off_gray_pixels:
+            return f"gray ({self.off_gray_pixels} pixels' colour dropped, {self.decided_by})"
+        return f"gray ({self.decided_by})"
+
+    def to_json(self) -> dict:
+        return {
+            "read_as": "color" if self.is_color else "gray",
+            "coloured_share": round(self.coloured_share, 6),
+            "off_gray_pixels": self.off_gray_pixels,
+            "decided_by": self.decided_by,
+        }
 
 
 @dataclass(frozen=True)
 class Pair:
-    """An MRI and a functional (or CT) image, as Y planes plus the functional chroma."""
+    """An MRI and a functional (or CT) image, as Y planes plus the functional chroma.
+
+    Attributes:
+        name: the pair's name (the MRI's file stem).
+        anatomical_y, functional_y: float32 (H, W) in [0, 1].
+        chroma: float32 (H, W, 2) Cb/Cr in [0, 1] of the second image, None when read as gray.
+        bit_depth: 8 or 16, the depth the fused PNG is written with.
+        second: how the second image's colour was read.
+        mri_coloured_share: share of coloured pixels in the MRI (their colour is not used).
+    """
 
     name: str
     anatomical_y: np.ndarray
     functional_y: np.ndarray
     chroma: np.ndarray | None
     bit_depth: int
+    second: ColourReading
+    mri_coloured_share: float = 0.0
 
     @property
     def is_color(self) -> bool:
         return self.chroma is not None
 
+    @property
+    def kind(self) -> str:
+        """``"functional"`` (colour second image) or ``"ct"``: which checkpoint it gets."""
+        return FUNCTIONAL if self.is_color else CT
 
-def load_pair(name: str, mri_path: Path, functional_path: Path, resize: bool = False) -> Pair:
-    """Read both images and check they can be fused; ``resize`` fits the second to the MRI."""
-    mri = read_image(mri_path)
-    functional = read_image(functional_path)
-    if mri.is_color:
-        raise MedfuseError(f"{mri_path}: the MRI must be grayscale, got a colour image")
+
+def read_colour(pixels: np.ndarray, chroma: str = "auto") -> ColourReading:
+    """Decide whether an image in [0, 1] ((H, W) or (H, W, 3)) is read as colour.
+
+    ``auto`` calls it colour when at least ``COLOUR_SHARE`` of its pixels are coloured, so a few
+    coloured marks do not turn a CT into a SPECT; ``keep``/``drop`` force colour/gray.
+
+    Raises:
+        InputError: an unknown ``chroma`` mode.
+    """
+    if chroma not in CHROMA_MODES:
+        raise InputError(f"--chroma takes {', '.join(CHROMA_MODES)}, got '{chroma}'")
+    share, off_gray = 0.0, 0
+    if pixels.ndim == 3:
+        offsets = chroma_offsets(pixels)
+        share = float((offsets * 255.0 > CHROMA_LEVELS).mean())
+        off_gray = int(np.count_nonzero((pixels != pixels[..., :1]).any(axis=-1)))
+    if chroma == "auto":
+        return ColourReading(share >= COLOUR_SHARE, share, off_gray, "auto")
+    return ColourReading(chroma == "keep", share, off_gray, f"--chroma {chroma}")
+
+
+def load_pair(
+    name: str,
+    mri_path: Path,
+    functional_path: Path,
+    resize: bool = False,
+    chroma: str = "auto",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Pair:
+    """Read both images and check they can be fused.
+
+    Args:
+        name: the pair's name, for messages and outputs.
+        mri_path, functional_path: image files (PNG, JPEG, TIFF; 8/16-bit gray or 8-bit RGB).
+        resize: fit the second image to the MRI's size (bicubic, in float) instead of refusing.
+        chroma: how to read the second image's colour: ``auto``, ``keep`` or ``drop``.
+        max_pixels: the decompression-bomb limit of each image (``--max-pixels``).
+
+    Raises:
+        InputError: a colour MRI, sizes that differ without ``resize``, or what ``read_image``
+            refuses.
+    """
+    mri = read_image(mri_path, max_pixels=max_pixels)
+    functional = read_image(functional_path, max_pixels=max_pixels)
+    mri_reading = read_colour(mri.pixels)
+    if mri_reading.is_color:
+        raise InputError(
+            f"{mri_path}: the MRI must be grayscale, but {100 * mri_reading.coloured_share:.3g} % of its "
+            "pixels are coloured"
+        )
     if mri.size != functional.size:
         if not resize:
-            raise MedfuseError(
+            raise InputError(
                 f"sizes differ: {mri_path} is {mri.size[0]}x{mri.size[1]}, {functional_path} is "
                 f"{functional.size[0]}x{functional.size[1]} (register them, or pass --resize)"
             )
         functional = _resized(functional, mri.size)
-    functional_y, chroma = split_luma(functional.pixels)
-    bit_depth = 16 if mri.bit_depth == 16 and functional.bit_depth == 16 and chroma is None else 8
-    return Pair(name, mri.pixels, functional_y, chroma, bit_depth)
+    reading = read_colour(functional.pixels, chroma)
+    functional_y, cbcr = split_luma(functional.pixels)
+    if reading.is_color and cbcr is None:  # --chroma keep on a gray image: neutral chroma
+        cbcr = np.full((*functional_y.shape, 2), 0.5, np.float32)
+    if not reading.is_color:
+        cbcr = None
+    anatomical_y, _ = split_luma(mri.pixels)
+    bit_depth = 16 if mri.bit_depth == 16 and functional.bit_depth == 16 and cbcr is None else 8
+    return Pair(name, anatomical_y, functional_y, cbcr, bit_depth, reading, mri_reading.coloured_share)
 
 
 def _resized(image: LoadedImage, size: tuple[int, int]) -> LoadedImage:
@@ -75,76 +190,166 @@ def compose(pair: Pair, fused_y: np.ndarray) -> np.ndarray:
 
 
 class Fusion:
-    """A named fuser built on a device, with the checkpoint chosen per kind of pair."""
+    """One named fuser on a device: the checkpoint per kind of pair, the threads, the calls.
+
+    Args:
+        model: a registered fuser name.
+        device: ``auto``, ``cpu``, ``cuda`` (or a ``torch.device``); CUDA that is absent is an error.
+        checkpoint: a shipped checkpoint for every pair (default: per pair, from its kind).
+        weights: a safetensors file for every pair instead of a shipped checkpoint.
+        threads: torch CPU threads during fusion (default: the fuser's measured choice).
+        options: fuser-specific settings, e.g. ``{"temperature": 30.0}`` for LYWNet.
+        pretrained: False builds networks with untrained weights: for timing only, never for
+            images anyone looks at (``medfuse benchmark`` says so in its rows).
+
+    Raises:
+        InputError: unknown model or checkpoint, weights or a checkpoint for a classical rule,
+            both a checkpoint and weights, or threads below 1.
+        DeviceError: an unavailable device.
+    """
 
     def __init__(
         self,
-        model: str,
-        device: torch.device,
-        weights: Path | None = None,
+        model: str = "lwnet",
+        device: torch.device | str = "auto",
         checkpoint: str | None = None,
+        weights: Path | None = None,
+        threads: int | None = None,
         options: dict | None = None,
+        pretrained: bool = True,
     ) -> None:
         keep_heap_memory()  # tensors reuse freed pages instead of faulting in new ones each call
-        self.spec: FuserSpec = get_fuser_spec(model)
-        self.device = device
+        self.spec = get_fuser_spec(model)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        if threads is not None and threads < 1:
+            raise InputError(f"--threads must be at least 1, got {threads}")
+        self.threads = threads if threads is not None else self.spec.cpu_threads
         self.weights = weights
         self.checkpoint = checkpoint
         self.options = options or {}
-        self._modules: dict[str | None, torch.nn.Module] = {}
-        if weights is not None and not self.spec.needs_weights:
-            raise MedfuseError(f"model '{model}' is a classical rule and takes no --weights")
+        self.pretrained = pretrained
+        self._modules: dict[str | None, nn.Module] = {}
+        if not self.spec.needs_weights and (weights is not None or checkpoint is not None):
+            raise InputError(f"model '{model}' is a classical rule and takes no --checkpoint or --weights")
+        if weights is not None and checkpoint is not None:
+            raise InputError("give --checkpoint or --weights, not both")
         if checkpoint is not None:
-            self.spec.checkpoint(checkpoint)
+            self.checkpoint = self.spec.checkpoint(checkpoint).name
 
-    def module_for(self, is_color: bool) -> torch.nn.Module:
-        """The module for a colour-functional or grayscale pair, built once."""
+    def checkpoint_for(self, kind: str) -> str | None:
+        """What a pair of ``kind`` is fused with: a checkpoint name, ``--weights PATH``, or None
+        for a classical rule."""
         if not self.spec.needs_weights:
-            key = None
-        elif self.weights is not None:
-            key = "--weights"
-        else:
-            key = self.checkpoint or self.spec.default_checkpoint(is_color).name
+            return None
+        if not self.pretrained:
+            return "untrained"
+        if self.weights is not None:
+            return f"--weights {self.weights}"
+        return self.checkpoint or self.spec.checkpoint_for(kind).name
+
+    def module_for(self, kind: str) -> nn.Module:
+        """The module for pairs of ``kind`` (``"functional"`` or ``"ct"``), built once."""
+        key = self.checkpoint_for(kind)
         if key not in self._modules:
-            self._modules[key] = self._build(key)
+            if key is None or not self.pretrained:
+                loaded = None
+            elif self.weights is not None:
+                loaded = load_weights(self.spec, weights=self.weights)
+            else:
+                loaded = load_weights(self.spec, checkpoint=key)
+            self._modules[key] = self.spec.build(loaded, **self.options).eval().to(self.device)
         return self._modules[key]
 
-    def _build(self, key: str | None) -> torch.nn.Module:
-        loaded = None
-        if key == "--weights":
-            loaded = read_checkpoint(self.weights)
-        elif key is not None:
-            loaded = resolve_checkpoint(self.spec.checkpoint(key))
-        module = self.spec.build(loaded, self.options)
-        return module.eval().to(self.device)
+    def describe(self) -> dict:
+        """Model, device and threads, for summaries and ``--json``."""
+        return {
+            "model": self.spec.name,
+            "device": str(self.device),
+            "threads": self.threads or torch.get_num_threads(),
+        }
+
+    @contextmanager
+    def thread_scope(self) -> Iterator[None]:
+        """Run the block with this fusion's torch thread count on CPU, then restore the process's
+        (torch's count is process-wide; nothing outside the block is changed)."""
+        configured = torch.get_num_threads()
+        wanted = self.threads if self.device.type == "cpu" and self.threads else configured
+        if wanted != configured:
+            torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            if wanted != configured:
+                torch.set_num_threads(configured)
 
     @torch.inference_mode()
-    def fuse_y(self, anatomical: np.ndarray, functional: np.ndarray, is_color: bool) -> np.ndarray:
-        """Fuse a stack (N, H, W) or a single (H, W) pair of Y planes; returns the same shape."""
+    def fuse_y(self, anatomical: np.ndarray, functional: np.ndarray, kind: str) -> np.ndarray:
+        """Fuse Y planes: a stack (N, H, W) or one (H, W) pair, float32/float64 in [0, 1].
+
+        Returns:
+            float32 array of the input's shape, in [0, 1].
+
+        Raises:
+            InputError: other dtypes (e.g. uint8: scale to [0, 1] first), values outside [0, 1]
+                or not finite, shapes that differ, or sides below the fuser's ``min_size``.
+            MedfuseError: the fuser produced non-finite values (never written).
+        """
+        _check_planes(anatomical, functional, self.spec.min_size, self.spec.name)
         single = anatomical.ndim == 2
-        a = torch.from_numpy(np.ascontiguousarray(anatomical)).to(self.device, torch.float32)
-        b = torch.from_numpy(np.ascontiguousarray(functional)).to(self.device, torch.float32)
-        if single:
-            a, b = a[None], b[None]
-        fused = self.module_for(is_color)(a[:, None], b[:, None])[:, 0]
-        result = fused.clamp(0.0, 1.0).float().cpu().numpy()
+        module = self.module_for(kind)
+        with self.thread_scope():  # every tensor operation, checks and copies included
+            a = torch.from_numpy(np.ascontiguousarray(anatomical)).to(self.device, torch.float32)
+            b = torch.from_numpy(np.ascontiguousarray(functional)).to(self.device, torch.float32)
+            if single:
+                a, b = a[None], b[None]
+            fused = module(a[:, None], b[:, None])[:, 0]
+            if not bool(torch.isfinite(fused).all()):
+                raise MedfuseError(f"{self.spec.name} produced NaN or infinite values; nothing was written")
+            result = fused.clamp(0.0, 1.0).float().cpu().numpy()
         return result[0] if single else result
 
-    def fuse_pairs(self, pairs: list[Pair]) -> list[np.ndarray]:
-        """Fuse pairs, batching those that share size and colour."""
-        results: list[np.ndarray | None] = [None] * len(pairs)
+    def fuse_pairs(self, pairs: list[Pair]) -> list[np.ndarray | MedfuseError]:
+        """Fuse pairs, batching those that share size and kind.
+
+        Returns, per pair, its fused Y (float32 (H, W) in [0, 1]) or the ``MedfuseError`` that
+        stopped its batch (e.g. a size below the fuser's minimum): one pair's failure never
+        takes the others down.
+        """
+        results: list[np.ndarray | MedfuseError | None] = [None] * len(pairs)
         groups: dict[tuple, list[int]] = {}
         for index, pair in enumerate(pairs):
-            groups.setdefault((pair.anatomical_y.shape, pair.is_color), []).append(index)
-        for (_, is_color), indices in groups.items():
-            fused = self.fuse_y(
-                np.stack([pairs[i].anatomical_y for i in indices]),
-                np.stack([pairs[i].functional_y for i in indices]),
-                is_color,
-            )
+            groups.setdefault((pair.anatomical_y.shape, pair.kind), []).append(index)
+        for (_, kind), indices in groups.items():
+            try:
+                fused = self.fuse_y(
+                    np.stack([pairs[i].anatomical_y for i in indices]),
+                    np.stack([pairs[i].functional_y for i in indices]),
+                    kind,
+                )
+            except MedfuseError as exc:
+                fused = [exc] * len(indices)
             for i, plane in zip(indices, fused, strict=True):
                 results[i] = plane
         return results  # type: ignore[return-value]
+
+
+def _check_planes(anatomical: np.ndarray, functional: np.ndarray, min_size: int, name: str) -> None:
+    """The contract of ``Fusion.fuse_y``'s inputs, checked before any arithmetic."""
+    for label, plane in (("anatomical", anatomical), ("functional", functional)):
+        if not isinstance(plane, np.ndarray) or plane.dtype not in (np.float32, np.float64):
+            dtype = getattr(plane, "dtype", type(plane).__name__)
+            raise InputError(f"{label} Y must be a float32 or float64 array in [0, 1], got {dtype}")
+        if plane.ndim not in (2, 3):
+            raise InputError(f"{label} Y must be (H, W) or (N, H, W), got shape {plane.shape}")
+        if not np.isfinite(plane).all() or plane.min() < 0.0 or plane.max() > 1.0:
+            raise InputError(f"{label} Y must be finite and in [0, 1]")
+    if anatomical.shape != functional.shape:
+        raise InputError(f"Y planes differ in shape: {anatomical.shape} vs {functional.shape}")
+    height, width = anatomical.shape[-2:]
+    if min(height, width) < min_size:
+        raise InputError(
+            f"{name} needs images of at least {min_size}x{min_size} pixels, got {width}x{height}"
+        )
 
 
 @dataclass(frozen=True)
@@ -159,9 +364,29 @@ class PairJob:
 
 @dataclass(frozen=True)
 class PairOutcome:
+    """What became of one pair: written (``error`` None) or not, and what was decided for it.
+
+    Attributes:
+        name, output: the pair and its output file.
+        error: one line saying why nothing was written, or None.
+        second: how its second image's colour was read (None when it could not be read).
+        checkpoint: what it was fused with (see ``Fusion.checkpoint_for``).
+    """
+
     name: str
     output: Path
     error: str | None = None
+    second: ColourReading | None = None
+    checkpoint: str | None = None
+
+    def to_json(self) -> dict:
+        row: dict = {"pair": self.name, "output": str(self.output)}
+        if self.error:
+            row["error"] = self.error
+        if self.second is not None:
+            row["second_image"] = self.second.to_json()
+            row["checkpoint"] = self.checkpoint
+        return row
 
 
 def fuse_folders(
@@ -171,44 +396,41 @@ def fuse_folders(
     resize: bool = False,
     on_done: Callable[[PairOutcome], None] = lambda _: None,
     workers: int = 2,
-    fuse_threads: int | None = None,
+    chroma: str = "auto",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[PairOutcome]:
     """Fuse every job; a pair that fails is reported and skipped, the others are written.
 
     Decoding of the next batch, and colour merging and encoding of the previous one, run on
     worker threads while the fuser works (numpy, imagecodecs and Pillow release the GIL), so the flow is
-    not serialised on I/O. On CPU the fuser gets ``fuse_threads`` torch threads, by default one
-    fewer than configured: the workers need a core, and torch threads that share theirs
-    spin-wait against them (see BENCHMARKS.md).
+    not serialised on I/O. The fuser runs with ``fusion.threads`` torch threads (one for LWNet and
+    the rules: the workers need the other core, and torch threads that share theirs spin-wait
+    against them, see BENCHMARKS.md).
     """
     outcomes: list[PairOutcome] = []
-    with _torch_threads(fusion.device, fuse_threads), ThreadPoolExecutor(max_workers=workers) as pool:
-        writes: list[tuple[PairJob, Future]] = []
-        for batch in _loaded_batches(pool, jobs, batch_size, resize):
+
+    def report(outcome: PairOutcome) -> None:
+        outcomes.append(outcome)
+        on_done(outcome)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        writes: list[tuple[PairOutcome, Future]] = []
+        for batch in _loaded_batches(
+            pool, jobs, batch_size, lambda job: _try_load(job, resize, chroma, max_pixels)
+        ):
             good = [(job, pair) for job, pair in batch if isinstance(pair, Pair)]
             for job, failure in batch:
                 if isinstance(failure, MedfuseError):
-                    outcome = PairOutcome(job.name, job.output, str(failure))
-                    outcomes.append(outcome)
-                    on_done(outcome)
-            fused = fusion.fuse_pairs([pair for _, pair in good])
-            for (job, pair), plane in zip(good, fused, strict=True):
-                writes.append((job, pool.submit(write_fused, job.output, pair, plane)))
-            writes = _collect_finished(writes, outcomes, on_done, wait=False)
-        _collect_finished(writes, outcomes, on_done, wait=True)
+                    report(PairOutcome(job.name, job.output, str(failure)))
+            for (job, pair), plane in zip(good, fusion.fuse_pairs([pair for _, pair in good]), strict=True):
+                done = PairOutcome(job.name, job.output, None, pair.second, fusion.checkpoint_for(pair.kind))
+                if isinstance(plane, MedfuseError):
+                    report(replace(done, error=str(plane)))
+                else:
+                    writes.append((done, pool.submit(write_fused, job.output, pair, plane)))
+            writes = _collect_finished(writes, report, wait=False)
+        _collect_finished(writes, report, wait=True)
     return outcomes
-
-
-@contextmanager
-def _torch_threads(device: torch.device, wanted: int | None) -> Iterator[None]:
-    """Run the block with ``wanted`` torch threads on CPU (default: one fewer), then restore."""
-    configured = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(wanted or max(1, configured - 1))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(configured)
 
 
 def write_fused(output: Path | str, pair: Pair, fused_y: np.ndarray) -> None:
@@ -217,12 +439,15 @@ def write_fused(output: Path | str, pair: Pair, fused_y: np.ndarray) -> None:
 
 
 def _loaded_batches(
-    pool: ThreadPoolExecutor, jobs: list[PairJob], batch_size: int, resize: bool
+    pool: ThreadPoolExecutor,
+    jobs: list[PairJob],
+    batch_size: int,
+    load: Callable[[PairJob], Pair | MedfuseError],
 ) -> Iterator[list[tuple[PairJob, Pair | MedfuseError]]]:
     """Batches of loaded pairs; the next batch decodes on a worker while this one is fused."""
 
     def load_batch(batch: list[PairJob]) -> list[tuple[PairJob, Pair | MedfuseError]]:
-        return [(job, _try_load(job, resize)) for job in batch]
+        return [(job, load(job)) for job in batch]
 
     batches = [jobs[start : start + batch_size] for start in range(0, len(jobs), batch_size)]
     upcoming = pool.submit(load_batch, batches[0]) if batches else None
@@ -233,30 +458,25 @@ def _loaded_batches(
         yield current.result()
 
 
-def _try_load(job: PairJob, resize: bool) -> Pair | MedfuseError:
+def _try_load(job: PairJob, resize: bool, chroma: str, max_pixels: int) -> Pair | MedfuseError:
     try:
-        return load_pair(job.name, job.mri, job.functional, resize)
+        return load_pair(job.name, job.mri, job.functional, resize, chroma, max_pixels)
     except MedfuseError as exc:
         return exc
 
 
 def _collect_finished(
-    writes: list[tuple[PairJob, Future]],
-    outcomes: list[PairOutcome],
-    on_done: Callable[[PairOutcome], None],
-    wait: bool,
-) -> list[tuple[PairJob, Future]]:
-    """Record finished writes (all of them when ``wait``); return those still running."""
+    writes: list[tuple[PairOutcome, Future]], report: Callable[[PairOutcome], None], wait: bool
+) -> list[tuple[PairOutcome, Future]]:
+    """Report finished writes (all of them when ``wait``); return those still running."""
     still_running = []
-    for job, future in writes:
+    for outcome, future in writes:
         if not wait and not future.done():
-            still_running.append((job, future))
+            still_running.append((outcome, future))
             continue
         try:
             future.result()
-            outcome = PairOutcome(job.name, job.output)
+            report(outcome)
         except OSError as exc:
-            outcome = PairOutcome(job.name, job.output, f"cannot write {job.output}: {exc.strerror or exc}")
-        outcomes.append(outcome)
-        on_done(outcome)
+            report(replace(outcome, error=f"cannot write {outcome.output}: {exc.strerror or exc}"))
     return still_running

@@ -1,26 +1,50 @@
-"""Find, verify and load checkpoints: safetensors only, checksummed, loaded strictly.
+"""Find, verify and load checkpoints: safetensors only, checksummed, finite, loaded strictly.
 
-Resolution order: an explicit ``--weights PATH`` wins; otherwise the Hugging Face Hub copy at
-the spec's pinned revision; when the Hub cannot be reached, the file bundled in ``weights/``
-(with a one-line notice). Pickle files are never unpickled: anything that is not a valid
-safetensors file is refused with a message that says so.
+Resolution of a registered checkpoint (``resolve_checkpoint``): a bundled file whose sha256 is
+the pinned one *is* that checkpoint and is used without asking the network; otherwise the
+Hugging Face Hub serves it at its pinned revision (sha256 verified, cached by the Hub client);
+an unreachable Hub gives one notice (through ``logging``, logger ``medfuse_cli``) and the
+bundled file where one exists. An explicit ``--weights PATH`` is read by ``read_checkpoint``.
+Pickle files are never unpickled: anything that is not a valid safetensors file is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from medfuse_cli.atomic import write_atomically
-from medfuse_cli.errors import MedfuseError
-from medfuse_cli.fusers.registry import CheckpointSpec, LoadedCheckpoint
+from medfuse_cli.errors import CheckpointError
+
+if TYPE_CHECKING:  # the record's type only: weights.py sits below the model zoo
+    from medfuse_cli.fusers.registry import Checkpoint
+
+log = logging.getLogger("medfuse_cli")
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """Tensors and header metadata read from a verified safetensors file.
+
+    Attributes:
+        tensors: name -> tensor, on the CPU, every floating tensor finite.
+        metadata: the header's ``__metadata__`` (string keys and values).
+        source: the file it came from, for messages.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    source: str
 
 
 def _bundled_dir() -> Path:
@@ -38,6 +62,7 @@ _SAFETENSORS_HEADER_START = b"{"  # after the 8-byte header length, the JSON hea
 
 
 def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -46,23 +71,38 @@ def sha256_of(path: Path) -> str:
 
 
 def read_checkpoint(path: Path, sha256: str | None = None) -> LoadedCheckpoint:
-    """Read a safetensors file after checking it is one (and, if given, its sha256)."""
+    """Read a safetensors file after checking it is one (and, if given, its sha256).
+
+    Args:
+        path: a ``.safetensors`` file.
+        sha256: the expected hex digest, or None to skip the check (``--weights PATH``).
+
+    Returns:
+        Its tensors (CPU) and header metadata.
+
+    Raises:
+        CheckpointError: the file is missing, a pickle, not valid safetensors, does not match
+            ``sha256``, or holds a NaN or infinite value (the message names the tensor).
+    """
     path = Path(path)
     if not path.is_file():
-        raise MedfuseError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}")
     with open(path, "rb") as handle:
         head = handle.read(9)
     # A safetensors header length can itself begin with pickle's or zip's magic bytes (e.g. a
     # 640-byte header is 80 02 00 ...), so the JSON brace at byte 8 decides first.
     if head[8:9] != _SAFETENSORS_HEADER_START and head.startswith(_PICKLE_MAGIC):
-        raise MedfuseError(f"{path} is a pickle/PyTorch file; only safetensors checkpoints load")
+        raise CheckpointError(f"{path} is a pickle/PyTorch file; only safetensors checkpoints load")
     if sha256 is not None and sha256_of(path) != sha256:
-        raise MedfuseError(f"checksum mismatch for {path}: the file is corrupt or not the expected one")
+        raise CheckpointError(f"checksum mismatch for {path}: the file is corrupt or not the expected one")
     try:
         tensors = load_file(str(path))
         metadata = _read_metadata(path)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise MedfuseError(f"{path} is not a valid safetensors checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path} is not a valid safetensors checkpoint ({_first_line(exc)})") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"checkpoint {path}: tensor {name} holds NaN or infinite values")
     return LoadedCheckpoint(tensors=tensors, metadata=metadata, source=str(path))
 
 
@@ -81,7 +121,12 @@ def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dic
 
 
 def load_state_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Load tensors into ``module``; any missing, unexpected or misshapen tensor is an error."""
+    """Load tensors into ``module``; any missing, unexpected or misshapen tensor is an error.
+
+    Raises:
+        CheckpointError: naming up to four missing or unexpected tensors, or the first whose
+            shape differs, and ``source``.
+    """
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -91,10 +136,12 @@ def load_state_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor],
             parts.append(f"missing {_few(missing)}")
         if unexpected:
             parts.append(f"unexpected {_few(unexpected)}")
-        raise MedfuseError(f"checkpoint {source} does not match {type(module).__name__}: {'; '.join(parts)}")
+        raise CheckpointError(
+            f"checkpoint {source} does not match {type(module).__name__}: {'; '.join(parts)}"
+        )
     for name, tensor in tensors.items():
         if tensor.shape != expected[name].shape:
-            raise MedfuseError(
+            raise CheckpointError(
                 f"checkpoint {source} does not match {type(module).__name__}: tensor {name} has "
                 f"shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}"
             )
@@ -106,46 +153,60 @@ def _few(names: list[str], limit: int = 4) -> str:
     return f"{shown} (+{len(names) - limit} more)" if len(names) > limit else shown
 
 
-def resolve_checkpoint(spec: CheckpointSpec, weights_path: Path | None = None) -> LoadedCheckpoint:
-    """Find and load the checkpoint for ``spec``: explicit path, then Hub, then bundled file."""
-    if weights_path is not None:
-        return read_checkpoint(weights_path)
-    bundled = BUNDLED_DIR / spec.filename
+def bundled_path(record: Checkpoint) -> Path:
+    """Where ``record``'s file would be bundled (it may be absent)."""
+    return BUNDLED_DIR / record.filename
+
+
+def resolve_checkpoint(record: Checkpoint) -> LoadedCheckpoint:
+    """Find, verify and read the file of a registered checkpoint.
+
+    A bundled file with the pinned sha256 is used at once (no network). Otherwise the Hub copy
+    at the pinned revision; if the Hub cannot serve it, the bundled file (one notice) where one
+    exists.
+
+    Raises:
+        CheckpointError: neither source gives a file with the pinned sha256.
+    """
+    bundled = bundled_path(record)
+    if bundled.is_file() and sha256_of(bundled) == record.sha256:
+        return read_checkpoint(bundled, record.sha256)
     if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
-        downloaded = _download_from_hub(spec, fallback_exists=bundled.is_file())
+        downloaded = _download_from_hub(record)
         if downloaded is not None:
-            return read_checkpoint(downloaded, spec.sha256)
-    if not bundled.is_file():
-        raise MedfuseError(
-            f"checkpoint {spec.filename} is neither bundled nor downloadable; pass --weights PATH"
+            return read_checkpoint(downloaded, record.sha256)
+    if bundled.is_file():
+        raise CheckpointError(
+            f"checksum mismatch for the bundled {bundled} and the Hub cannot serve {record.filename}: "
+            "reinstall medfuse or pass --weights PATH"
         )
-    return read_checkpoint(bundled, spec.sha256)
+    raise CheckpointError(
+        f"checkpoint {record.filename} is neither bundled nor downloadable; pass --weights PATH"
+    )
 
 
-def _download_from_hub(spec: CheckpointSpec, fallback_exists: bool) -> Path | None:
-    """Fetch ``spec`` from the Hub at its pinned revision; None when the Hub cannot serve it.
+def _download_from_hub(record: Checkpoint) -> Path | None:
+    """Fetch ``record`` from the Hub at its pinned revision; None (and one notice) when the Hub
+    cannot serve it.
 
     One metadata request without retries comes first: ``hf_hub_download`` alone retries an
     unreachable Hub with back-off for half a minute, too long for an offline clinic machine.
     """
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
+    url = hf_hub_url(record.hub_repo, record.filename, revision=record.hub_revision)
     try:
-        get_hf_file_metadata(hf_hub_url(spec.hub_repo, spec.filename, revision=spec.hub_revision), timeout=10)
-        return Path(
-            hf_hub_download(repo_id=spec.hub_repo, filename=spec.filename, revision=spec.hub_revision)
+        get_hf_file_metadata(url, timeout=10)
+        path = hf_hub_download(
+            repo_id=record.hub_repo, filename=record.filename, revision=record.hub_revision
         )
     # The Hub client raises the transport errors of whichever HTTP library its version ships
     # with (requests, httpx, httpx2); any failure here only means "not from the Hub", and
     # whatever file is used next is checksum-verified.
     except Exception as exc:
-        if fallback_exists:
-            reason = _first_line(exc)[:80]
-            print(
-                f"notice: Hugging Face Hub unavailable ({reason}); using the bundled {spec.filename}",
-                file=sys.stderr,
-            )
+        log.warning("Hugging Face Hub unavailable for %s (%s)", record.filename, _first_line(exc)[:80])
         return None
+    return Path(path)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ machine distorts less than wall time):
   overlapped on worker threads), with the fuser already built and warmed up;
 - ``medfuse fuse`` as a user runs it, in a fresh process: start-up and loading included.
 
-Usage: python scripts/benchmark_folder.py [--pairs 1000] [--model lwnet] [--batch-size 16] [--fuse-threads N]
+Usage: python scripts/benchmark_folder.py [--pairs 1000] [--model lwnet] [--batch-size 16] [--threads N]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medfuse_cli.bench import EXAMPLE_PAIRS, RANDOM_WEIGHTS, build_fusion, examples_dir
+from medfuse_cli.bench.plan import EXAMPLE_PAIRS, build_fusion, example_paths
 from medfuse_cli.pipeline import PairJob, fuse_folders
 
 
@@ -38,14 +38,9 @@ def make_pairs(folder: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
     mri_dir.mkdir(parents=True)
     functional_dir.mkdir()
     sources = []
-    for pair_folder, modality, name in EXAMPLE_PAIRS:
-        root = examples_dir() / pair_folder
-        sources.append(
-            (
-                np.asarray(Image.open(root / "MRI" / f"{name}.png")),
-                np.asarray(Image.open(root / modality / f"{name}.png")),
-            )
-        )
+    for pair in EXAMPLE_PAIRS:
+        mri, functional = example_paths(pair)
+        sources.append((np.asarray(Image.open(mri)), np.asarray(Image.open(functional))))
     for index in range(count):
         mri, functional = sources[index % len(sources)]
         turns, flip = int(rng.integers(4)), bool(rng.integers(2))
@@ -79,10 +74,10 @@ def main() -> None:
     parser.add_argument("--model", default="lwnet")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
-        "--fuse-threads",
+        "--threads",
         type=int,
         default=None,
-        help="torch threads while fusing (default: fuse_folders' choice)",
+        help="torch threads while fusing, as medfuse's --threads (default: the fuser's own choice)",
     )
     parser.add_argument("--skip-cli", action="store_true", help="only time fuse_folders in this process")
     args = parser.parse_args()
@@ -90,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="medfuse-folder-") as scratch:
         root = Path(scratch)
         mri_dir, functional_dir = make_pairs(root, args.pairs)
-        fusion, weights = build_fusion(args.model, torch.device("cpu"), root)
+        fusion = build_fusion(args.model, torch.device("cpu"), threads=args.threads)
         names = sorted(p.stem for p in mri_dir.iterdir())
 
         def jobs(out: Path) -> list[PairJob]:
@@ -99,31 +94,30 @@ def main() -> None:
                 PairJob(n, mri_dir / f"{n}.png", functional_dir / f"{n}.png", out / f"{n}.png") for n in names
             ]
 
-        settings = {"batch_size": args.batch_size}
-        if args.fuse_threads:  # only when asked, so the script also runs against older pipelines
-            settings["fuse_threads"] = args.fuse_threads
-        fuse_folders(fusion, jobs(root / "warm")[: 2 * args.batch_size], **settings)
+        fuse_folders(fusion, jobs(root / "warm")[: 2 * args.batch_size], batch_size=args.batch_size)
         usage, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        outcomes = fuse_folders(fusion, jobs(root / "out"), **settings)
+        outcomes = fuse_folders(fusion, jobs(root / "out"), batch_size=args.batch_size)
         seconds = time.perf_counter() - started
         cpu_ms, faults = _cost_per_pair(usage, resource.getrusage(resource.RUSAGE_SELF), len(outcomes))
         failed = [o for o in outcomes if o.error]
-        note = " (random weights: speed only)" if weights == RANDOM_WEIGHTS else ""
+        note = "" if fusion.pretrained else " (random weights: speed only)"
         print(
             f"fuse_folders: {len(outcomes) - len(failed)} pairs with {args.model}{note} in {seconds:.2f} s "
-            f"= {len(outcomes) / seconds:.1f} pairs/s (fuse_threads {args.fuse_threads or 'default'}, "
+            f"= {len(outcomes) / seconds:.1f} pairs/s ({fusion.describe()['threads']} torch thread(s), "
             f"batch {args.batch_size}); CPU {cpu_ms:.1f} ms and {faults:.0f} page faults per pair"
         )
         if failed:
             sys.exit(f"{len(failed)} pairs failed, e.g. {failed[0].error}")
 
-        if not args.skip_cli:
+        if not args.skip_cli and not fusion.pretrained:
+            print("medfuse fuse (fresh process): skipped, it has no checkpoint to load")
+        elif not args.skip_cli:
             shutil.rmtree(root / "out")
             command = [sys.executable, "-m", "medfuse_cli", "fuse", str(mri_dir), str(functional_dir)]
             command += ["-o", str(root / "out"), "-m", args.model, "-q", "--device", "cpu"]
             command += ["--batch-size", str(args.batch_size)]
-            if fusion.weights is not None:
-                command += ["--weights", str(fusion.weights)]
+            if args.threads is not None:
+                command += ["--threads", str(args.threads)]
             started = time.perf_counter()
             subprocess.run(command, check=True)
             seconds = time.perf_counter() - started

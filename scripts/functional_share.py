@@ -14,16 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-from medfuse_cli.evaluation import find_pair_sets, luma8
+from medfuse_cli.evaluation.scoring import SPLIT, luma8
 from medfuse_cli.io import read_image
+from medfuse_cli.pairs import find_fused, find_pair_sets
 
 
 def functional_share(pair_dir: Path, fused_dir: Path) -> float:
     """Σ|F − A| / Σ|B − A| over the pairs of one pair folder, on 8-bit Y as evaluate sees it."""
-    (pair_set,), _ = find_pair_sets(pair_dir)
+    (pair_set,), _ = find_pair_sets(pair_dir, SPLIT)
+    fused = find_fused(fused_dir, pair_set, SPLIT)
     moved = apart = 0.0
-    for _, mri, functional in pair_set.pairs:
-        a, b, f = (luma8(read_image(path).pixels) for path in (mri, functional, fused_dir / mri.name))
+    for files, fused_path in zip(pair_set.pairs, fused, strict=True):
+        a, b, f = (luma8(read_image(path).pixels) for path in (files.mri, files.second, fused_path))
         moved += float(np.abs(f - a).sum())
         apart += float(np.abs(b - a).sum())
     return moved / apart

@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medfuse_cli import evaluation, weights
+from medfuse_cli import weights
 from medfuse_cli.color import split_luma
-from medfuse_cli.errors import MedfuseError
+from medfuse_cli.evaluation.methods import parse_metrics
+from medfuse_cli.evaluation.plots import area_ratio, normalised_means
+from medfuse_cli.evaluation.scoring import MethodScores, PairSetResult, luma8
 from medfuse_cli.io import read_image
-from medfuse_cli.plots import area_ratio, normalised_means
+from medfuse_cli.pairs import PairSet
 
 FAST = "SSIM,PSNR,Qcv"  # a small metric set, one of them lower-is-better
 
@@ -237,36 +239,34 @@ def test_fused_images_of_the_wrong_size_are_refused(run_cli, tmp_path: Path) -> 
     assert result.code == 1 and "is 32x32, its sources are 48x48" in result.stderr
 
 
-def test_ambiguous_pair_folder_is_refused(tmp_path: Path) -> None:
-    _synthetic_set(tmp_path, "PET")
-    _synthetic_set(tmp_path, "SPECT")
-    with pytest.raises(MedfuseError, match="exactly one of SPECT/, PET/, CT/"):
-        evaluation.find_pair_sets(tmp_path)
+def test_resize_scores_pairs_whose_sizes_differ_as_fuse_resize_fuses_them(run_cli, tmp_path: Path) -> None:
+    """Without --resize a size mismatch is refused (the message names --resize); with it the
+    second image is resized to the MRI's size exactly as ``medfuse fuse --resize`` does, so
+    fusing here and scoring fuse's files give the same numbers."""
+    root = tmp_path / "set"
+    rng = np.random.default_rng(5)
+    _write_gray(root / "MRI" / "a.png", rng.integers(0, 256, (48, 48)))
+    _write_gray(root / "CT" / "a.png", rng.integers(0, 256, (32, 40)))
+    fused = tmp_path / "fused"
+    made = run_cli("fuse", root / "MRI", root / "CT", "-o", fused, "-m", "average", "--resize", "-q")
+    assert made.code == 0, made.stderr
+    args = ("evaluate", root, "-m", "average", "--fused", f"files={fused}", "--metrics", "PSNR,SSIM")
 
+    refused = run_cli(*args, "--json", "-q")
+    assert refused.code == 1
+    assert "sizes differ" in refused.stderr and "pass --resize" in refused.stderr
 
-def test_discovery_prefers_test_over_train_and_keeps_labels_unique(tmp_path: Path) -> None:
-    for split in ("train", "test"):
-        _synthetic_set(tmp_path / "SPECT-MRI" / split, "SPECT")
-    _synthetic_set(tmp_path / "CT-MRI", "CT")
-    _synthetic_set(tmp_path / "more" / "ct-again", "CT")
-    sets, parent = evaluation.find_pair_sets(tmp_path)
-    assert parent
-    # CT-MRI occurs twice, so both CT sets are labelled by their relative paths.
-    assert [(s.kind, s.label) for s in sets] == [
-        ("CT-MRI", "CT-MRI"),
-        ("SPECT-MRI", "SPECT-MRI"),
-        ("CT-MRI", "more/ct-again"),
-    ]
-    assert sets[1].folder.name == "test"
-    single, parent = evaluation.find_pair_sets(tmp_path / "CT-MRI")
-    assert not parent and single[0].label == "CT-MRI"
+    doc = _json(run_cli(*args, "--resize", "--json", "-q"))
+    scores = doc["methods"]["average"]["per_image"]
+    assert set(scores) == {"a.png"} and all(math.isfinite(v) for v in scores["a.png"].values())
+    assert doc["methods"]["files"]["per_image"] == scores
 
 
 def test_luma_is_exact_for_gray_and_within_one_level_of_pil_for_colour(examples: Path) -> None:
     gray = read_image(examples / "CT-MRI" / "CT" / "2004.png")
-    assert np.array_equal(evaluation.luma8(gray.pixels), np.asarray(Image.open(gray.path), dtype=np.float64))
+    assert np.array_equal(luma8(gray.pixels), np.asarray(Image.open(gray.path), dtype=np.float64))
     colour_path = examples / "PET-MRI" / "PET" / "25022.png"
-    ours = evaluation.luma8(read_image(colour_path).pixels)
+    ours = luma8(read_image(colour_path).pixels)
     pil = np.asarray(Image.open(colour_path).convert("RGB").convert("YCbCr"))[..., 0].astype(np.float64)
     # PIL truncates where we round: never more than one level apart, never below PIL.
     assert (ours - pil).min() >= 0 and (ours - pil).max() <= 1
@@ -275,12 +275,12 @@ def test_luma_is_exact_for_gray_and_within_one_level_of_pil_for_colour(examples:
 
 
 def test_radar_normalisation_respects_direction_and_area() -> None:
-    result = evaluation.PairSetResult(
-        evaluation.PairSet("CT-MRI", "CT-MRI", Path("."), ()),
+    result = PairSetResult(
+        PairSet("CT-MRI", "CT-MRI", Path("."), ()),
         ["SSIM", "PSNR", "Qcv"],
         {
-            "good": evaluation.MethodScores({"x": {"SSIM": 0.9, "PSNR": 30.0, "Qcv": 10.0}}),
-            "bad": evaluation.MethodScores({"x": {"SSIM": 0.5, "PSNR": 20.0, "Qcv": 90.0}}),
+            "good": MethodScores({"x": {"SSIM": 0.9, "PSNR": 30.0, "Qcv": 10.0}}),
+            "bad": MethodScores({"x": {"SSIM": 0.5, "PSNR": 20.0, "Qcv": 90.0}}),
         },
     )
     radii = normalised_means(result)
@@ -292,19 +292,49 @@ def test_radar_normalisation_respects_direction_and_area() -> None:
 
 
 def test_metric_presets() -> None:
-    assert evaluation.parse_metrics("paper") == ["VIF", "MI", "UQI", "SSIM", "PSNR", "Qcb", "ARI", "FM", "CC"]
-    assert evaluation.parse_metrics("LYWNET") == ["SSIM", "PSNR", "MI", "ARI", "FM", "CC"]
-    assert len(evaluation.parse_metrics("all")) == 21
-    assert evaluation.parse_metrics(" ssim , qabf ") == ["SSIM", "Qabf"]
+    assert parse_metrics("paper") == ["VIF", "MI", "UQI", "SSIM", "PSNR", "Qcb", "ARI", "FM", "CC"]
+    assert parse_metrics("LYWNET") == ["SSIM", "PSNR", "MI", "ARI", "FM", "CC"]
+    assert len(parse_metrics("all")) == 21
+    assert parse_metrics(" ssim , qabf ") == ["SSIM", "Qabf"]
 
 
 def test_best_needs_two_methods_to_compare() -> None:
-    pair_set = evaluation.PairSet("CT-MRI", "CT-MRI", Path("."), ())
-    one = evaluation.PairSetResult(
-        pair_set, ["SSIM"], {"only": evaluation.MethodScores({"x": {"SSIM": 0.5}})}
-    )
+    pair_set = PairSet("CT-MRI", "CT-MRI", Path("."), ())
+    one = PairSetResult(pair_set, ["SSIM"], {"only": MethodScores({"x": {"SSIM": 0.5}})})
     assert one.best("SSIM") is None
-    one.methods["other"] = evaluation.MethodScores({"x": {"SSIM": math.nan}})
+    one.methods["other"] = MethodScores({"x": {"SSIM": math.nan}})
     assert one.best("SSIM") is None  # a method without a finite mean does not count
-    one.methods["third"] = evaluation.MethodScores({"x": {"SSIM": 0.7}})
+    one.methods["third"] = MethodScores({"x": {"SSIM": 0.7}})
     assert one.best("SSIM") == "third"
+
+
+def test_one_fuser_with_two_checkpoints_in_one_run(run_cli, examples: Path) -> None:
+    spect = examples / "SPECT-MRI"
+    result = run_cli(
+        "evaluate",
+        spect,
+        "-m",
+        "lwnet",
+        "-m",
+        "as-ct=lwnet@ct",
+        "-m",
+        "mine=lwnet@weights/lwnet-ct.safetensors",
+        "--metrics",
+        "SSIM",
+        "--json",
+    )
+    assert result.code == 0, result.stderr
+    methods = json.loads(result.stdout)["methods"]
+    assert set(methods) == {"lwnet", "as-ct", "mine"}
+    assert methods["as-ct"]["per_image"] == methods["mine"]["per_image"]  # the same weights
+    assert methods["lwnet"]["per_image"] != methods["as-ct"]["per_image"]  # functional vs CT weights
+    for bad in ("average@ct", "lwnet@nope", "=lwnet", "nope"):
+        refused = run_cli("evaluate", spect, "-m", bad)
+        assert refused.code == 1 and refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
+
+
+def test_the_default_line_up_leaves_out_the_slow_lywnet(run_cli, examples: Path) -> None:
+    result = run_cli("evaluate", examples / "CT-MRI", "--metrics", "SSIM", "--json", "-q")
+    assert result.code == 0
+    assert "lywnet" not in json.loads(result.stdout)["methods"]
+    assert "lwnet" in json.loads(result.stdout)["methods"]

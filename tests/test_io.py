@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from medfuse_cli.errors import MedfuseError
-from medfuse_cli.io import _decode_plain_png, _decode_with_pillow, pair_folders, read_image, write_png
+from medfuse_cli.io import _decode_plain_png, _decode_with_pillow, read_image, write_png
+from medfuse_cli.pairs import pair_folders
 
 
 def test_8bit_gray_scaled_to_unit_range(tmp_path: Path) -> None:

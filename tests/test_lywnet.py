@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from medfuse_cli.errors import MedfuseError
-from medfuse_cli.fusers import lywnet
-from medfuse_cli.fusers.lywnet import AUTHORS_FORMAT, OWN_FORMAT, PER_IMAGE, ImageNorm, LYWNet, load_lywnet
-from medfuse_cli.fusers.registry import LoadedCheckpoint, get_fuser_spec
+from medfuse_cli.fusers import create_fuser, get_fuser_spec, lywnet, lywnet_authors
+from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, ImageNorm, LYWNet, load_lywnet
+from medfuse_cli.fusers.lywnet_authors import AUTHORS_FORMAT
 from medfuse_cli.io import to_integer
 from medfuse_cli.pipeline import Fusion, load_pair
-from medfuse_cli.weights import read_checkpoint, write_checkpoint
+from medfuse_cli.weights import LoadedCheckpoint, read_checkpoint, write_checkpoint
 
 SHARED = Path(os.environ.get("MEDFUSE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 OFFICIAL = SHARED / "reference" / "lywnet-official"
@@ -89,7 +89,7 @@ def test_medfuse_fuse_path_matches_the_reference_y(official: LYWNet) -> None:
     for pair in PAIRS:
         name = next(n for p, n in _reference_cases() if p == pair)
         loaded = load_pair(name, *_inputs(pair, name))
-        fused = to_integer(fusion.fuse_y(loaded.anatomical_y, loaded.functional_y, loaded.is_color), 8)
+        fused = to_integer(fusion.fuse_y(loaded.anatomical_y, loaded.functional_y, loaded.kind), 8)
         theirs = np.asarray(Image.open(OFFICIAL / pair / "test" / "Y" / f"{name}.png")).astype(int)
         assert (np.abs(fused.astype(int) - theirs) <= 1).mean() >= 0.999, f"{pair}/{name}"
 
@@ -130,8 +130,8 @@ def test_any_size_fuses_to_the_same_size_in_range(size: tuple[int, int]) -> None
 
 def test_too_small_or_mismatched_inputs_are_one_line_errors() -> None:
     model = _random_model()
-    with pytest.raises(MedfuseError, match="at least 4x4"):
-        model(*_pair(1, 3, 8))
+    with pytest.raises(MedfuseError, match="at least 5x5"):
+        model(*_pair(1, 4, 8))
     with pytest.raises(MedfuseError, match="differ in size"):
         model(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 12))
 
@@ -163,7 +163,7 @@ def test_image_norm_is_batch_of_one_batchnorm() -> None:
 
 def _authors_tensors(model: LYWNet) -> dict[str, torch.Tensor]:
     """``model``'s tensors under the authors' names, plus the tensors their code stores unused."""
-    ours_to_theirs = {ours: theirs for theirs, ours in lywnet._AUTHORS_NAMES.items()}
+    ours_to_theirs = {ours: theirs for theirs, ours in lywnet_authors._AUTHORS_NAMES.items()}
 
     def theirs(name: str) -> str:
         prefix = next(p for p in ours_to_theirs if name.startswith(p))
@@ -176,7 +176,7 @@ def _authors_tensors(model: LYWNet) -> dict[str, torch.Tensor]:
             tensors[stored + "running_mean"] = torch.zeros(module.num_features)
             tensors[stored + "running_var"] = torch.ones(module.num_features)
             tensors[stored + "num_batches_tracked"] = torch.tensor(7)
-    for unused in lywnet._AUTHORS_UNUSED_MODULES:
+    for unused in lywnet_authors._AUTHORS_UNUSED_MODULES:
         tensors[unused + "weight"] = torch.zeros(3)
     return tensors
 
@@ -218,7 +218,7 @@ def test_registry_builds_from_our_checkpoint_with_the_temperature_option(tmp_pat
     write_checkpoint(path, model.state_dict(), {"format": OWN_FORMAT, "normalization": PER_IMAGE})
     spec = get_fuser_spec("lywnet")
     assert spec.kind == "network"
-    built = spec.build(read_checkpoint(path), {"temperature": 5.0})
+    built = create_fuser("lywnet", weights=path, temperature=5.0)
     assert built.fusion.temperature == 5.0 and not built.training
     anatomical, functional = _pair(1, 12, 12)
     with torch.no_grad():
@@ -228,8 +228,10 @@ def test_registry_builds_from_our_checkpoint_with_the_temperature_option(tmp_pat
             built(anatomical, functional), expected(anatomical, functional), rtol=0, atol=0
         )
     with pytest.raises(MedfuseError, match="temperature must be positive"):
-        spec.build(read_checkpoint(path), {"temperature": 0.0})
-    assert sum(p.numel() for p in spec.build(None, {}).parameters()) == 413_505  # for `medfuse models`
+        create_fuser("lywnet", weights=path, temperature=0.0)
+    assert (
+        sum(p.numel() for p in create_fuser("lywnet", pretrained=False).parameters()) == 413_505
+    )  # for `medfuse models`
 
 
 def test_fds_weights_follow_the_stronger_feature() -> None:
@@ -240,10 +242,10 @@ def test_fds_weights_follow_the_stronger_feature() -> None:
 
 def test_bundled_checkpoint_is_ours_and_loads_by_default() -> None:
     """The shipped file matches its registry checksum, is our format, and says how it was made."""
-    from medfuse_cli.weights import BUNDLED_DIR
+    from medfuse_cli.weights import bundled_path
 
-    spec = get_fuser_spec("lywnet").default_checkpoint(second_is_color=True)
-    path = BUNDLED_DIR / spec.filename
+    spec = get_fuser_spec("lywnet").checkpoints[0]
+    path = bundled_path(spec)
     if not path.is_file():
         pytest.skip(f"{path} is not bundled in this checkout")
     loaded = read_checkpoint(path, spec.sha256)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,18 +12,22 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from medfuse_cli.errors import MedfuseError
+from medfuse_cli.errors import InputError
 from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, load_lywnet
 from medfuse_cli.training.lywnet_trainer import (
     STATE_FILE,
     WEIGHTS_FILE,
-    LYWNetTrainingOptions,
     augment,
     autoencoder_loss,
     finalize_checkpoint,
+    learning_rate_at,
     train_lywnet,
 )
-from medfuse_cli.weights import read_checkpoint
+from medfuse_cli.training.recipes import RECIPES
+from medfuse_cli.training.run import RunSettings
+from medfuse_cli.weights import read_checkpoint, write_checkpoint
+
+CONFIG = replace(RECIPES["lywnet-authors"].config, batch_size=3, size=8, seed=7)
 
 
 @pytest.fixture
@@ -39,8 +44,11 @@ def tiny_data(tmp_path: Path) -> Path:
     return root
 
 
-def _options(epochs: int, resume: bool = False) -> LYWNetTrainingOptions:
-    return LYWNetTrainingOptions(epochs=epochs, batch_size=3, size=8, seed=7, resume=resume, command="test")
+def _train(data: Path, out: Path, epochs: int, **settings: object) -> Path:
+    """A tiny run of ``epochs`` epochs in ``out`` (resumed when it holds one)."""
+    resume = (out / STATE_FILE).exists()
+    run = RunSettings(out=out, data=(str(data),), command="test", resume=resume, threads=1, **settings)
+    return train_lywnet(replace(CONFIG, epochs=epochs), run)
 
 
 def test_loss_is_the_authors_three_terms() -> None:
@@ -68,9 +76,9 @@ def test_augment_gives_seeded_square_crops_in_range(shape: tuple[int, int, int])
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tiny_data: Path, tmp_path: Path) -> None:
-    straight = train_lywnet([tiny_data], tmp_path / "straight", _options(2), quiet=True)
-    train_lywnet([tiny_data], tmp_path / "split", _options(1), quiet=True)
-    resumed = train_lywnet([tiny_data], tmp_path / "split", _options(2, resume=True), quiet=True)
+    straight = _train(tiny_data, tmp_path / "straight", 2)
+    _train(tiny_data, tmp_path / "split", 1)
+    resumed = _train(tiny_data, tmp_path / "split", 2)  # a resumed run may plan more epochs
     a, b = read_checkpoint(straight), read_checkpoint(resumed)
     assert a.tensors.keys() == b.tensors.keys()
     assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
@@ -79,6 +87,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tiny_data: Path, tmp_path: Path
     assert meta["epochs"] == "2" and meta["images"] == "8" and meta["command"] == "test"
     assert json.loads(meta["data"]) == [str(tiny_data)]
     assert [e["epoch"] for e in json.loads(meta["training_log"])] == [1, 2]
+    assert json.loads(meta["options"])["epochs"] == 2
     assert {"wall_time_minutes", "git_commit", "schedule"} <= meta.keys()
     model = load_lywnet(b)
     with torch.no_grad():
@@ -86,22 +95,58 @@ def test_resumed_run_equals_an_uninterrupted_one(tiny_data: Path, tmp_path: Path
     assert fused.shape == (1, 1, 20, 20)
 
 
+def test_a_run_saved_before_recipes_resumes_exactly(tiny_data: Path, tmp_path: Path) -> None:
+    """Runs started before the run skeleton (e.g. one still training when it came) recorded
+    their options with the run settings in them and no recipe, threads or sessions."""
+    straight = _train(tiny_data, tmp_path / "straight", 2)
+    old = tmp_path / "old"
+    _train(tiny_data, old, 1)
+    loaded = read_checkpoint(old / WEIGHTS_FILE)
+    metadata = {
+        k: v for k, v in loaded.metadata.items() if k not in ("recipe", "threads", "resumed", "device")
+    }
+    options = json.loads(metadata["options"]) | {"device": "cpu", "max_minutes": None, "resume": False}
+    metadata["options"] = json.dumps(options | {"command": "test", "data": [str(tiny_data)]})
+    write_checkpoint(old / WEIGHTS_FILE, loaded.tensors, metadata)
+
+    resumed = _train(tiny_data, old, 2)
+    a, b = read_checkpoint(straight), read_checkpoint(resumed)
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+    assert json.loads(b.metadata["resumed"])[0]["after_epoch"] == 1
+
+
 def test_resume_needs_a_state_and_a_new_run_needs_a_new_folder(tiny_data: Path, tmp_path: Path) -> None:
-    with pytest.raises(MedfuseError, match="nothing to resume"):
-        train_lywnet([tiny_data], tmp_path / "none", _options(1, resume=True), quiet=True)
-    train_lywnet([tiny_data], tmp_path / "run", _options(1), quiet=True)
+    with pytest.raises(InputError, match="nothing to resume"):
+        train_lywnet(CONFIG, RunSettings(out=tmp_path / "none", resume=True))
+    _train(tiny_data, tmp_path / "run", 1)
     assert (tmp_path / "run" / STATE_FILE).is_file() and (tmp_path / "run" / WEIGHTS_FILE).is_file()
-    with pytest.raises(MedfuseError, match="pass --resume"):
-        train_lywnet([tiny_data], tmp_path / "run", _options(1), quiet=True)
-    options = _options(1)
-    options.max_minutes = 0.0
-    with pytest.raises(MedfuseError, match="no epoch finished"):
-        train_lywnet([tiny_data], tmp_path / "no-time", options, quiet=True)
+    with pytest.raises(InputError, match="pass --resume"):
+        train_lywnet(replace(CONFIG, epochs=1), RunSettings(out=tmp_path / "run", data=(str(tiny_data),)))
+    with pytest.raises(InputError, match="no epoch finished"):  # a clock that stands still
+        _train(tiny_data, tmp_path / "no-time", 1, max_minutes=0.0, clock=lambda: 0.0)
+
+
+def test_cosine_schedule_runs_from_lr_to_min_lr() -> None:
+    cosine = replace(CONFIG, learning_rate=1e-3, lr_schedule="cosine", min_lr=1e-5)
+    assert learning_rate_at(cosine, 0, 100) == pytest.approx(1e-3)
+    assert learning_rate_at(cosine, 50, 100) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert learning_rate_at(cosine, 100, 100) == pytest.approx(1e-5)
+    assert learning_rate_at(CONFIG, 50, 100) == CONFIG.learning_rate
 
 
 def test_medfuse_train_lywnet_command(tiny_data: Path, tmp_path: Path, run_cli) -> None:
     result = run_cli(
-        "train", tiny_data, "--model", "lywnet", "-o", tmp_path / "cli", "--epochs", "1", "--quiet"
+        "train",
+        tiny_data,
+        "--model",
+        "lywnet",
+        "-o",
+        tmp_path / "cli",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "-q",
     )
     assert result.code == 0, result.stderr
     assert result.stdout == ""
@@ -109,7 +154,7 @@ def test_medfuse_train_lywnet_command(tiny_data: Path, tmp_path: Path, run_cli) 
 
 
 def test_finalize_adds_test_metrics_and_keeps_the_tensors(tiny_data: Path, tmp_path: Path) -> None:
-    run = train_lywnet([tiny_data], tmp_path / "run", _options(1), quiet=True)
+    run = _train(tiny_data, tmp_path / "run", 1)
     metrics = {"CT-MRI": {"n": 4, "mean": {"SSIM": 0.5}}}
     finalize_checkpoint(run, tmp_path / "final.safetensors", metrics)
     before, after = read_checkpoint(run), read_checkpoint(tmp_path / "final.safetensors")

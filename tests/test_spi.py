@@ -9,34 +9,45 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_training_run import EpochClock
 
+from medfuse_cli.errors import InputError
 from medfuse_cli.io import write_png
 from medfuse_cli.training.losses import detail_score, fusion_loss, ssim, structural_score
 from medfuse_cli.training.patches import load_pairs, patch_grid
-from medfuse_cli.training.spi import LABELS_FILE, STATE_FILE, WEIGHTS_FILE, SPIConfig, train_lwnet
+from medfuse_cli.training.recipes import RECIPES
+from medfuse_cli.training.run import RunSettings
+from medfuse_cli.training.spi import LABELS_FILE, STATE_FILE, WEIGHTS_FILE, train_lwnet
 from medfuse_cli.weights import read_checkpoint
 
+CONFIG = replace(
+    RECIPES["lwnet-functional"].config,
+    label_fusers=("average", "laplacian"),
+    iterations=2,
+    epochs=1,
+    patch_size=32,
+    stride=112,
+    val_fraction=0.5,
+    displace=0.0,
+    admit=0.0,
+)
 
-def _config(examples: Path, out: Path, label_dir: Path, **changes: object) -> SPIConfig:
-    config = SPIConfig(
-        data=[str(examples / "SPECT-MRI")],
-        out=str(out),
-        label_fusers=["average", "laplacian"],
-        label_dirs={"maximum-png": str(label_dir)},
-        iterations=2,
-        epochs=1,
-        batch_size=8,
-        patch_size=32,
-        stride=112,
-        val_fraction=0.5,
-        displace=0.0,
-        admit=0.0,
-        gradient_weight=0.5,
-        intensity_weight=2.0,
-        detail_weight=0.1,
-        quiet=True,
+
+def _train(
+    examples: Path, out: Path, label_dir: Path, clock: EpochClock | None = None, **changes: object
+) -> Path:
+    """SPI on the SPECT-MRI examples with two fusers and one label folder as candidates; with a
+    clock, a session of 1.5 minutes on it (one epoch); resumes when ``out`` holds a run."""
+    config = replace(CONFIG, label_dirs={"maximum-png": str(label_dir)}, **changes)
+    settings = RunSettings(
+        out=out,
+        data=(str(examples / "SPECT-MRI"),),
+        resume=(out / STATE_FILE).exists(),
+        threads=1,
+        max_minutes=None if clock is None else 1.5,
+        clock=clock or EpochClock(),
     )
-    return replace(config, **changes)
+    return train_lwnet(config, settings, settings.clock.listen)
 
 
 @pytest.fixture
@@ -52,13 +63,16 @@ def label_dir(examples: Path, tmp_path: Path) -> Path:
 
 
 def test_resumed_run_equals_uninterrupted_run(examples: Path, tmp_path: Path, label_dir: Path) -> None:
-    straight = train_lwnet(_config(examples, tmp_path / "straight", label_dir))
+    straight = _train(examples, tmp_path / "straight", label_dir)
     pieces = tmp_path / "pieces"
-    train_lwnet(_config(examples, pieces, label_dir, max_minutes=0.0))  # epoch 1, label update
+    # each session's budget allows one epoch: epochs take a minute on the test's clock
+    _train(examples, pieces, label_dir, EpochClock())  # epoch 1, then its label update
     first = read_checkpoint(pieces / WEIGHTS_FILE).metadata
     assert first["epochs"] == "1" and len(json.loads(first["spi_log"])) == 1
-    for _ in range(2):  # epoch 2 and the final validation; then nothing is left to do
-        train_lwnet(_config(examples, pieces, label_dir, max_minutes=0.0, resume=True))
+    _train(examples, pieces, label_dir, EpochClock())  # epoch 2 and the final validation
+    done = EpochClock()
+    _train(examples, pieces, label_dir, done)  # nothing is left to do
+    assert done.events[-1].text.startswith("done: 2 epochs")
 
     a, b = read_checkpoint(straight), read_checkpoint(pieces / WEIGHTS_FILE)
     for name, tensor in a.tensors.items():
@@ -73,11 +87,12 @@ def test_resumed_run_equals_uninterrupted_run(examples: Path, tmp_path: Path, la
     assert 0.0 <= validation["functional_share"] <= 1.0  # a convex mix of the sources
     assert a.metadata["epochs"] == "2" and a.metadata["network"] == "LWNet"
     assert set(json.loads(a.metadata["initial_label_wins"])) == {"average", "laplacian", "maximum-png"}
+    assert json.loads(a.metadata["config"])["label_dirs"] == {"maximum-png": str(label_dir)}
     assert (pieces / STATE_FILE).is_file() and (pieces / LABELS_FILE).is_file()
 
 
 def test_strict_thresholds_keep_the_initial_labels(examples: Path, tmp_path: Path, label_dir: Path) -> None:
-    weights = train_lwnet(_config(examples, tmp_path / "run", label_dir, displace=100.0, admit=100.0))
+    weights = _train(examples, tmp_path / "run", label_dir, displace=100.0, admit=100.0)
     log = json.loads(read_checkpoint(weights).metadata["spi_log"])
     assert log[0]["added"] == 0 and log[0]["replaced"] == 0
     assert log[0]["labelled"] == log[1]["labelled"]
@@ -105,12 +120,13 @@ def test_cli_trains_and_refuses_bad_input(examples: Path, tmp_path: Path, run_cl
 
     again = run_cli(*common, *tiny, "--label-fuser", "average")
     assert again.code == 1 and "--resume" in again.stderr
-    no_labels = run_cli(*common[:-2], tmp_path / "other", *tiny)
-    assert no_labels.code == 1 and "candidate labels" in no_labels.stderr
     bad_dir = run_cli(*common[:-2], tmp_path / "other", *tiny, "--label-dir", "nofolder")
     assert bad_dir.code == 1 and "NAME=DIR" in bad_dir.stderr
-    unknown = run_cli(*common[:-2], tmp_path / "other", "--model", "nonet")
-    assert unknown.code == 1
+
+
+def test_spi_needs_candidate_labels() -> None:
+    with pytest.raises(InputError, match="candidate labels"):
+        replace(CONFIG, label_fusers=(), label_dirs={})
 
 
 def test_patch_grid_covers_the_image_edge_to_edge() -> None:

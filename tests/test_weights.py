@@ -110,10 +110,10 @@ def fake_hub() -> Iterator[str]:
 _RESOLVE = """
 import json, sys
 from medfuse_cli.errors import MedfuseError
-from medfuse_cli.fusers.registry import CheckpointSpec
+from medfuse_cli.fusers.registry import Checkpoint
 from medfuse_cli.weights import resolve_checkpoint
-spec = CheckpointSpec(name="t", filename="tiny.safetensors", sha256=sys.argv[1], provenance="test",
-                      hub_repo="medfuse/test-weights", hub_revision=sys.argv[2])
+spec = Checkpoint(fuser="tiny", tag="t", filename="tiny.safetensors", sha256=sys.argv[1], applies_to=None,
+                  meta={}, hub_repo="medfuse/test-weights", hub_revision=sys.argv[2])
 try:
     loaded = resolve_checkpoint(spec)
 except MedfuseError as exc:
@@ -159,17 +159,38 @@ def test_hub_file_with_wrong_checksum_is_refused(tmp_path: Path, fake_hub: str) 
     assert "checksum mismatch" in result["error"]
 
 
-def test_unreachable_hub_falls_back_to_bundled(tmp_path: Path) -> None:
+def test_a_bundled_file_with_the_pinned_checksum_is_used_without_asking_the_hub(
+    tmp_path: Path, fake_hub: str
+) -> None:
     (tmp_path / "bundled").mkdir()
     sha = _tiny_checkpoint(tmp_path / "bundled" / "tiny.safetensors")
-    result, stderr = _resolve(tmp_path, "http://127.0.0.1:9", sha)
+    _FakeHub.files[f"/medfuse/test-weights/resolve/{COMMIT}/tiny.safetensors"] = b"never served"
+    result, stderr = _resolve(tmp_path, fake_hub, sha)
     assert result["sum"] == 15.0 and "bundled" in result["source"]
-    assert stderr.count("\n") == 1 and stderr.startswith("notice: ")
+    assert _FakeHub.requests == [] and stderr == ""
+
+
+def test_a_corrupt_bundled_file_is_never_loaded(tmp_path: Path) -> None:
+    (tmp_path / "bundled").mkdir()
+    sha = _tiny_checkpoint(tmp_path / "bundled" / "tiny.safetensors")
+    with open(tmp_path / "bundled" / "tiny.safetensors", "r+b") as handle:
+        handle.seek(-4, 2)
+        handle.write(b"\x7f\x7f\x7f\x7f")
+    result, stderr = _resolve(tmp_path, "http://127.0.0.1:9", sha)
+    assert "checksum mismatch" in result["error"] and "--weights" in result["error"]
+    assert stderr.count("\n") == 1 and "Hub unavailable" in stderr
 
 
 def test_unreachable_hub_without_bundled_file_is_an_error(tmp_path: Path) -> None:
     result, _ = _resolve(tmp_path, "http://127.0.0.1:9", "0" * 64)
     assert "--weights" in result["error"]
+
+
+def test_non_finite_tensors_are_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "nan.safetensors"
+    write_checkpoint(path, {"ok": torch.zeros(2), "bad": torch.tensor([1.0, float("nan")])}, {})
+    with pytest.raises(MedfuseError, match="tensor bad holds NaN or infinite"):
+        read_checkpoint(path)
 
 
 def test_safetensors_whose_header_length_looks_like_pickle_still_loads(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ Typer's, exit status 2). No traceback reaches the user for bad input.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -44,8 +45,20 @@ def _root(
     """medfuse: multimodal medical image fusion."""
 
 
+def _show_notices() -> None:
+    """Library notices (logger ``medfuse_cli``, e.g. an unreachable Hub) as ``notice: …`` lines on
+    stderr; a Python user of medfuse configures logging as they like instead."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("notice: %(message)s"))
+    logger = logging.getLogger("medfuse_cli")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning MedfuseError into one line."""
+    _show_notices()
     try:
         app()
     except MedfuseError as exc:

@@ -13,10 +13,10 @@ from rich.text import Text
 
 from medfuse_cli.cli import options
 from medfuse_cli.devices import resolve_device
-from medfuse_cli.errors import MedfuseError
+from medfuse_cli.errors import InputError
 
 if TYPE_CHECKING:
-    from medfuse_cli.evaluation import PairSetResult
+    from medfuse_cli.evaluation.scoring import PairSetResult
 
 _stderr = options.stderr
 
@@ -27,7 +27,11 @@ def evaluate(
         help="Folder with MRI/ and one of SPECT/, PET/, CT/ (paired by file name), or a parent of such folders.",
     ),
     model: list[str] | None = typer.Option(
-        None, "--model", "-m", help="A registered fuser to run and score (repeatable; see `medfuse models`)."
+        None,
+        "--model",
+        "-m",
+        help="[LABEL=]NAME[@CHECKPOINT|@FILE.safetensors]: a registered fuser to run and score, "
+        "e.g. lwnet, lwnet@lwnet.ct, authors=lywnet@weights.safetensors (repeatable; see `medfuse models`).",
     ),
     fused: list[str] | None = typer.Option(
         None, "--fused", help="LABEL=DIR: score images another tool fused, same file names (repeatable)."
@@ -43,27 +47,35 @@ def evaluate(
     plot: bool = typer.Option(
         False, "--plot", help="With --out: box plots and a radar chart (needs matplotlib)."
     ),
-    as_json: bool = options.JSON,
+    resize: bool = options.RESIZE,
+    chroma: str = options.CHROMA,
+    max_pixels: int = options.MAX_PIXELS,
+    checkpoint: str | None = options.CHECKPOINT,
+    weights: Path | None = options.WEIGHTS,
     device: str = options.DEVICE,
+    threads: int | None = options.THREADS,
+    as_json: bool = options.JSON,
     quiet: bool = options.QUIET,
 ) -> None:
     """Score fused images with the field's metrics: mean ± std per method, the best marked.
 
-    Without --model or --fused every registered fuser is scored; networks without an available checkpoint are skipped with a note. Metrics see 8-bit Y planes: A = MRI, B = Y of the functional image (or the CT), F = Y of the fused image.
+    Without --model or --fused the shipped networks (but LYWNet, minutes per folder on a CPU: name it to run it) and the classical rules are scored; networks without an available checkpoint are skipped with a note. Metrics see 8-bit Y planes: A = MRI, B = Y of the functional image (or the CT), F = Y of the fused image.
     """
     # Imported here, not at the top: the metrics pull in scipy, which every other command
     # would then pay for at start-up.
-    from medfuse_cli import evaluation, plots
+    from medfuse_cli.evaluation import plots, reports, scoring, tables
+    from medfuse_cli.evaluation.methods import choose_methods, parse_metrics
+    from medfuse_cli.pairs import find_pair_sets
 
-    metric_names = evaluation.parse_metrics(metrics)
+    metric_names = parse_metrics(metrics)
     if plot and out is None:
-        raise MedfuseError("--plot writes files: give --out DIR as well")
+        raise InputError("--plot writes files: give --out DIR as well")
     if out is not None and out.exists() and not out.is_dir():
-        raise MedfuseError(f"--out must be a folder: {out}")
+        raise InputError(f"--out must be a folder: {out}")
     if plot:
         plots.require_matplotlib()
-    pair_sets, parent = evaluation.find_pair_sets(pairdir)
-    methods, named = evaluation.choose_methods(model or [], fused or [])
+    pair_sets, parent = find_pair_sets(pairdir, scoring.SPLIT)
+    methods, named = choose_methods(model or [], fused or [], checkpoint, weights)
     torch_device = resolve_device(device)
     total = sum(len(s.pairs) for s in pair_sets) * len(methods)
 
@@ -74,19 +86,22 @@ def evaluate(
             if as_json and not quiet:  # otherwise the tables say so
                 progress.console.print(f"skipped {label}: {reason}", markup=False, soft_wrap=True)
 
-        results = evaluation.evaluate(
+        results = scoring.evaluate(
             pair_sets,
-            pairdir,
             methods,
             metric_names,
             torch_device,
+            resize=resize,
+            chroma=chroma,
+            max_pixels=max_pixels,
+            threads=threads,
             methods_named=named,
             on_progress=lambda n: progress.advance(task, n),
             on_skip=skipped,
         )
 
     if as_json:
-        print(json.dumps(evaluation.results_json(results, parent)))
+        print(json.dumps(tables.results_json(results, parent)))
     else:
         console = Console()
         for result in results:
@@ -94,7 +109,7 @@ def evaluate(
             for label, reason in result.skipped.items():
                 console.print(Text(f"skipped {label}: {reason}", style="dim"), soft_wrap=True)
     if out is not None:
-        written = evaluation.write_reports(results, parent, out)
+        written = reports.write_reports(results, parent, out)
         if plot:
             written += plots.write_plots(results, out)
         if not quiet:
@@ -104,7 +119,7 @@ def evaluate(
 def _table(result: PairSetResult) -> Table:
     """One rich table: a row per metric (with its direction), a column per method, cells
     "mean / ± std", the best method's cell in bold green with *. Fits 80 columns for ~6 methods."""
-    from medfuse_cli import evaluation
+    from medfuse_cli.evaluation.tables import arrow, format_value
 
     table = Table(
         title=f"{result.pair_set.label} ({len(result.pair_set.pairs)} pairs)",
@@ -117,9 +132,9 @@ def _table(result: PairSetResult) -> Table:
         best = result.best(metric)
         cells = []
         for label, scores in result.methods.items():
-            text = f"{evaluation.format_value(scores.mean(metric))}\n± {evaluation.format_value(scores.std(metric))}"
+            text = f"{format_value(scores.mean(metric))}\n± {format_value(scores.std(metric))}"
             cells.append(
                 Text(text.replace("\n", " *\n", 1), style="bold green") if best == label else Text(text)
             )
-        table.add_row(f"{metric} {evaluation.arrow(metric)}", *cells)
+        table.add_row(f"{metric} {arrow(metric)}", *cells)
     return table

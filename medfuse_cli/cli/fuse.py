@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from medfuse_cli.cli import options
-from medfuse_cli.devices import resolve_device
-from medfuse_cli.errors import MedfuseError
-from medfuse_cli.io import pair_folders
-from medfuse_cli.pipeline import Fusion, PairJob, PairOutcome, fuse_folders, load_pair, write_fused
+from medfuse_cli.errors import InputError, OutputError
+from medfuse_cli.pairs import pair_folders
+from medfuse_cli.pipeline import (
+    Fusion,
+    PairJob,
+    PairOutcome,
+    fuse_folders,
+    load_pair,
+    read_colour,
+    write_fused,
+)
 
 _stderr = options.stderr
 
@@ -23,67 +32,100 @@ def fuse(
     output: str = typer.Option(..., "--output", "-o", help="Output PNG (or - for stdout), or a folder."),
     model: str = options.MODEL,
     device: str = options.DEVICE,
-    weights: Path | None = typer.Option(None, "--weights", help="A safetensors checkpoint to use instead."),
-    checkpoint: str | None = typer.Option(
-        None, "--checkpoint", help="Which shipped checkpoint (default: chosen from the inputs)."
+    threads: int | None = options.THREADS,
+    checkpoint: str | None = options.CHECKPOINT,
+    weights: Path | None = options.WEIGHTS,
+    temperature: float | None = typer.Option(
+        None, "--temperature", help="LYWNet FDS temperature T [default: 30]."
     ),
-    temperature: float | None = typer.Option(None, "--temperature", help="LYWNet FDS temperature T."),
-    resize: bool = typer.Option(False, "--resize", help="Resize the second image to the MRI's size."),
+    resize: bool = options.RESIZE,
+    chroma: str = options.CHROMA,
+    max_pixels: int = options.MAX_PIXELS,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Pairs fused per call in folder runs."),
+    batch_size: int = options.BATCH_SIZE,
     quiet: bool = options.QUIET,
     as_json: bool = options.JSON,
 ) -> None:
-    """Fuse an MRI with a functional image (only Y is fused; Cb/Cr are kept) into a PNG."""
+    """Fuse an MRI with a functional image (only Y is fused; Cb/Cr are kept) into a PNG.
+
+    What medfuse decides from the data (colour or gray second image, which checkpoint) is in the
+    summary line and in --json; --chroma and --checkpoint override it.
+    """
     started = time.perf_counter()
     for source in (mri, functional):
         if not source.exists():
-            raise MedfuseError(f"file not found: {source}")
+            raise InputError(f"file not found: {source}")
     fuser_options = {} if temperature is None else {"temperature": temperature}
-    fusion = Fusion(model, resolve_device(device), weights, checkpoint, fuser_options)
+    fusion = Fusion(model, device, checkpoint, weights, threads, fuser_options)
+    read_colour(np.zeros((1, 1), np.float32), chroma)  # an unknown --chroma fails before any work
     if mri.is_dir() or functional.is_dir():
-        outcomes = _fuse_folders(fusion, mri, functional, Path(output), batch_size, resize, overwrite, quiet)
+        reading = {"resize": resize, "chroma": chroma, "max_pixels": max_pixels}
+        outcomes = _fuse_folders(fusion, mri, functional, Path(output), batch_size, reading, overwrite, quiet)
     else:
-        outcomes = [_fuse_one(fusion, mri, functional, output, resize, overwrite)]
+        outcomes = [_fuse_one(fusion, mri, functional, output, resize, chroma, max_pixels, overwrite)]
     failed = [o for o in outcomes if o.error]
     seconds = time.perf_counter() - started
     if as_json:
         summary = {
-            "model": model,
-            "device": str(fusion.device),
+            **fusion.describe(),
             "written": len(outcomes) - len(failed),
             "failed": [{"pair": o.name, "error": o.error} for o in failed],
+            "pairs": [o.to_json() for o in outcomes],
             "seconds": round(seconds, 3),
         }
         print(json.dumps(summary))
     elif not quiet and output != "-":
-        _stderr.print(
-            f"fused {len(outcomes) - len(failed)} of {len(outcomes)} pair(s) with {model} in {seconds:.2f} s"
-        )
+        _stderr.print(_summary_line(fusion, outcomes, seconds), markup=False, soft_wrap=True)
     if failed:
         raise typer.Exit(code=1)
 
 
+def _summary_line(fusion: Fusion, outcomes: list[PairOutcome], seconds: float) -> str:
+    """One line: how many pairs, with what, and what was decided from the data."""
+    written = [o for o in outcomes if not o.error]
+    about = fusion.describe()
+    line = f"fused {len(written)} of {len(outcomes)} pair(s) with {about['model']}"
+    if len(written) == 1 and written[0].second is not None:
+        only = written[0]
+        decided = f"second image {only.second.describe()}"
+        if only.checkpoint:
+            decided += f", checkpoint {only.checkpoint}"
+    else:
+        readings = Counter("colour" if o.second.is_color else "gray" for o in written if o.second)
+        checkpoints = Counter(o.checkpoint for o in written if o.checkpoint)
+        decided = "second images " + ", ".join(f"{n} {what}" for what, n in sorted(readings.items()))
+        if checkpoints:
+            decided += "; checkpoints " + ", ".join(f"{name} ×{n}" for name, n in sorted(checkpoints.items()))
+    return f"{line} ({decided}) on {about['device']}, {about['threads']} thread(s), in {seconds:.2f} s"
+
+
 def _check_output_file(output: Path, inputs: tuple[Path, ...], overwrite: bool) -> None:
     if not output.parent.is_dir():
-        raise MedfuseError(f"output folder does not exist: {output.parent}")
+        raise OutputError(f"output folder does not exist: {output.parent}")
     if any(output.resolve() == source.resolve() for source in inputs):
-        raise MedfuseError(f"refusing to write over an input: {output}")
+        raise OutputError(f"refusing to write over an input: {output}")
     if output.exists() and not overwrite:
-        raise MedfuseError(f"output exists: {output} (pass --overwrite to replace it)")
+        raise OutputError(f"output exists: {output} (pass --overwrite to replace it)")
     if output.suffix.lower() != ".png":
-        raise MedfuseError(f"output must be a .png file (or -): {output}")
+        raise OutputError(f"output must be a .png file (or -): {output}")
 
 
 def _fuse_one(
-    fusion: Fusion, mri: Path, functional: Path, output: str, resize: bool, overwrite: bool
+    fusion: Fusion,
+    mri: Path,
+    functional: Path,
+    output: str,
+    resize: bool,
+    chroma: str,
+    max_pixels: int,
+    overwrite: bool,
 ) -> PairOutcome:
     if output != "-":
         _check_output_file(Path(output), (mri, functional), overwrite)
-    pair = load_pair(mri.stem, mri, functional, resize)
-    fused = fusion.fuse_y(pair.anatomical_y, pair.functional_y, pair.is_color)
+    pair = load_pair(mri.stem, mri, functional, resize, chroma, max_pixels)
+    fused = fusion.fuse_y(pair.anatomical_y, pair.functional_y, pair.kind)
     write_fused(output, pair, fused)
-    return PairOutcome(pair.name, Path(output))
+    return PairOutcome(pair.name, Path(output), None, pair.second, fusion.checkpoint_for(pair.kind))
 
 
 def _fuse_folders(
@@ -92,23 +134,23 @@ def _fuse_folders(
     functional_dir: Path,
     output_dir: Path,
     batch_size: int,
-    resize: bool,
+    reading: dict,
     overwrite: bool,
     quiet: bool,
 ) -> list[PairOutcome]:
     if not (mri_dir.is_dir() and functional_dir.is_dir()):
-        raise MedfuseError("give two folders, or two image files, not one of each")
+        raise InputError("give two folders, or two image files, not one of each")
     if str(output_dir) == "-":
-        raise MedfuseError("a folder run writes files: -o must be a folder, not -")
+        raise OutputError("a folder run writes files: -o must be a folder, not -")
     if output_dir.exists() and not output_dir.is_dir():
-        raise MedfuseError(f"output must be a folder for a folder run: {output_dir}")
+        raise OutputError(f"output must be a folder for a folder run: {output_dir}")
     if output_dir.resolve() in (mri_dir.resolve(), functional_dir.resolve()):
-        raise MedfuseError("the output folder must differ from both input folders")
+        raise OutputError("the output folder must differ from both input folders")
     pairs = pair_folders(mri_dir, functional_dir)
     jobs = [PairJob(name, a, b, output_dir / f"{name}.png") for name, a, b in pairs]
     existing = [job.output.name for job in jobs if job.output.exists()]
     if existing and not overwrite:
-        raise MedfuseError(
+        raise OutputError(
             f"{len(existing)} output file(s) exist in {output_dir} (e.g. {', '.join(existing[:3])}); "
             "pass --overwrite to replace them"
         )
@@ -121,4 +163,4 @@ def _fuse_folders(
             if outcome.error and not quiet:
                 progress.console.print(f"skipped {outcome.name}: {outcome.error}", markup=False)
 
-        return fuse_folders(fusion, jobs, batch_size=batch_size, resize=resize, on_done=report)
+        return fuse_folders(fusion, jobs, batch_size=batch_size, on_done=report, **reading)

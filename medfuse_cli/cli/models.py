@@ -1,4 +1,4 @@
-"""``medfuse models``: every fuser with its kind, size and checkpoints' provenance."""
+"""``medfuse models``: every fuser, its size, and each checkpoint's full record."""
 
 from __future__ import annotations
 
@@ -8,53 +8,61 @@ from rich.console import Console
 from rich.table import Table
 
 from medfuse_cli.cli import options
-from medfuse_cli.fusers.registry import FuserSpec, list_fusers
-from medfuse_cli.weights import BUNDLED_DIR
+from medfuse_cli.fusers import Checkpoint, FuserSpec, create_fuser, list_fusers
+from medfuse_cli.fusers.registry import PROVENANCE_FIELDS
+from medfuse_cli.weights import bundled_path
 
 
-def _parameter_count(spec: FuserSpec) -> int | None:
-    """Parameters of the network as the registry builds it (None for classical rules)."""
-    if not spec.needs_weights:
-        return 0
-    module = spec.build(None, {})
-    return sum(p.numel() for p in module.parameters())
+def _parameter_count(spec: FuserSpec) -> int:
+    """Parameters of the network (an untrained copy: the count does not depend on the weights)."""
+    return sum(p.numel() for p in create_fuser(spec.name, pretrained=False).parameters())
+
+
+def checkpoint_row(record: Checkpoint) -> dict:
+    """A checkpoint's record as ``medfuse models --json`` prints it."""
+    return {
+        "name": record.name,
+        "file": record.filename,
+        "for": record.applies_to or "any pair",
+        "bundled": bundled_path(record).is_file(),
+        "hub": f"{record.hub_repo}@{record.hub_revision}",
+        "sha256": record.sha256,
+        **{key: record.meta.get(key) for key in PROVENANCE_FIELDS if key != "test_metrics"},
+        "test_metrics": record.test_metrics,
+    }
 
 
 def models(as_json: bool = options.JSON) -> None:
-    """List the fusers medfuse knows, their parameter counts and checkpoints."""
-    rows = []
-    for spec in list_fusers():
-        rows.append(
-            {
-                "name": spec.name,
-                "kind": spec.kind,
-                "summary": spec.summary,
-                "params": _parameter_count(spec),
-                "checkpoints": [
-                    {
-                        "name": c.name,
-                        "file": c.filename,
-                        "for": c.applies_to or "any pair",
-                        "bundled": (BUNDLED_DIR / c.filename).is_file(),
-                        "hub": f"{c.hub_repo}@{c.hub_revision}",
-                        "sha256": c.sha256,
-                        "provenance": c.provenance,
-                    }
-                    for c in spec.checkpoints
-                ],
-            }
-        )
+    """List the fusers medfuse knows: kind, parameters, smallest input, and every checkpoint's
+    record (file, sha256, Hub location, how it was trained, its test-split scores)."""
+    rows = [
+        {
+            "name": spec.name,
+            "kind": spec.kind,
+            "summary": spec.summary,
+            "reference": spec.reference,
+            "params": _parameter_count(spec),
+            "min_size": spec.min_size,
+            "cpu_threads": spec.cpu_threads,
+            "checkpoints": [checkpoint_row(record) for record in spec.checkpoints],
+        }
+        for spec in list_fusers()
+    ]
     if as_json:
         print(json.dumps({"models": rows}, indent=2))
         return
+    console = Console()
     table = Table(title="medfuse fusers")
-    for column in ("name", "kind", "params", "checkpoints", "provenance"):
+    for column in ("name", "kind", "params", "min side", "checkpoints"):
         table.add_column(column)
     for row in rows:
-        checkpoints = "\n".join(
-            f"{c['name']}: {c['file']} ({c['for']}{', bundled' if c['bundled'] else ''})"
-            for c in row["checkpoints"]
-        )
-        provenance = "\n".join(c["provenance"] for c in row["checkpoints"]) or row["summary"]
-        table.add_row(row["name"], row["kind"], f"{row['params']:,}", checkpoints or "-", provenance)
-    Console().print(table)
+        names = "\n".join(c["name"] for c in row["checkpoints"]) or "-"
+        table.add_row(row["name"], row["kind"], f"{row['params']:,}", str(row["min_size"]), names)
+    console.print(table)
+    for row in rows:
+        for record in row["checkpoints"]:
+            console.print(f"\n[bold]{record['name']}[/bold] ({record['for']})", highlight=False)
+            for key, value in record.items():
+                if key not in ("name", "for"):
+                    text = json.dumps(value) if isinstance(value, dict) else str(value)
+                    console.print(f"  {key}: {text}", markup=False, highlight=False, soft_wrap=True)

@@ -1,162 +1,302 @@
-"""``medfuse train``: fit a network to training pairs; one trainer per model, chosen by ``--model``.
+"""``medfuse train``: fit a network to training pairs, from a named recipe, resumable.
 
-Options shared by every trainer come first; the SPI options only concern ``--model lwnet``.
+The values come from a recipe (``--recipe``, else the network's default one; with ``--resume``,
+the run's own options), and every option given on the command line replaces the recipe's value;
+so the training options here default to None and their help lists each recipe's value. The
+trainers emit events (``medfuse_cli.training.events``); this module draws them on stderr.
 """
 
 from __future__ import annotations
 
+import copy
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
+from types import TracebackType
 
-import torch
 import typer
+from rich.progress import TaskID
+from typer.models import OptionInfo
 
 from medfuse_cli.cli import options
-from medfuse_cli.devices import resolve_device
-from medfuse_cli.errors import MedfuseError
+from medfuse_cli.errors import InputError
+from medfuse_cli.training.config import Config, config_from_json
+from medfuse_cli.training.events import EpochFinished, EpochStarted, Event, Message, StepDone
+from medfuse_cli.training.recipes import DEFAULT_RECIPES, RECIPES, get_recipe
+from medfuse_cli.training.run import RunSettings, read_provenance
+from medfuse_cli.training.trainers import TRAINERS, Trainer, get_trainer, trainer_of_run
+
+_LWNET, _LYWNET, _BOTH = ("lwnet",), ("lywnet",), ("lwnet", "lywnet")
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "all cores"
+    if isinstance(value, dict):
+        return ", ".join(f"{name}={folder}" for name, folder in value.items()) or "none"
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value)) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _recipe_values(field: str) -> str:
+    """Help text naming each recipe's value of ``field`` (a config field, or ``threads``)."""
+    groups: dict[str, list[str]] = {}
+    for recipe in RECIPES.values():
+        holder = recipe if field == "threads" else recipe.config
+        if hasattr(holder, field):
+            groups.setdefault(_show(getattr(holder, field)), []).append(recipe.name)
+    shown = "; ".join(f"{value} ({', '.join(names)})" for value, names in groups.items())
+    return f"Default: the recipe's: {shown}."
+
+
+def _from_recipe(shared: OptionInfo, help: str, field: str) -> OptionInfo:
+    """A shared option (same flag and bounds) whose value, when not given, is the recipe's."""
+    option = copy.copy(shared)
+    option.default = None
+    option.help = f"{help} {_recipe_values(field)}"
+    return option
+
+
+def _recipe_option(flag: str, help: str, field: str) -> OptionInfo:
+    return typer.Option(None, flag, help=f"{help} {_recipe_values(field)}")
+
+
+_RECIPE_HELP = (
+    "Named training defaults: "
+    + "; ".join(f"{recipe.name} ({recipe.model}): {recipe.summary}" for recipe in RECIPES.values())
+    + ". Default: "
+    + ", ".join(f"{name} for {model}" for model, name in DEFAULT_RECIPES.items())
+    + "; with --resume, the run's own."
+)
 
 
 def train(
-    data: list[Path] = typer.Argument(
-        ...,
-        help="Training folder(s) laid out like harvard/<PAIR>/train/ (MRI/ + SPECT|PET|CT/), or their parent.",
+    data: list[Path] | None = typer.Argument(
+        None,
+        help="Training folder(s) laid out like harvard/<PAIR>/train/ (MRI/ + SPECT|PET|CT/), or their "
+        "parent. Not needed with --resume (the run's own).",
     ),
-    model: str = typer.Option(..., "--model", "-m", help="Network to train: lwnet or lywnet."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: training state and the weights file."),
-    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (per SPI iteration for lwnet)."),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Batch size."),
-    learning_rate: float | None = typer.Option(None, "--lr", min=0.0, help="Adam learning rate."),
-    seed: int = typer.Option(0, "--seed", help="Seed for splits, initialisation and shuffles."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help=f"Network to train: {' or '.join(TRAINERS)}. Default: the recipe's; with --resume, the run's.",
+    ),
+    recipe: str | None = typer.Option(None, "--recipe", help=_RECIPE_HELP),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run saved in --out with its own options; options given must agree with them "
+        "(lywnet may change --epochs). --device, --threads and --max-minutes apply to this session.",
+    ),
     max_minutes: float | None = typer.Option(
-        None, "--max-minutes", min=0.0, help="Stop (after the current epoch) once this much time has passed."
-    ),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
-    iterations: int = typer.Option(10, "--iterations", min=1, help="[lwnet] SPI iterations."),
-    label_fuser: list[str] = typer.Option(
-        [],
-        "--label-fuser",
-        help="[lwnet] A registered fuser whose outputs are candidate labels (repeatable).",
-    ),
-    label_dir: list[str] = typer.Option(
-        [],
-        "--label-dir",
-        help="[lwnet] NAME=DIR: fused images of the training pairs by another tool (repeatable).",
-    ),
-    patch_size: int = typer.Option(120, "--patch-size", min=16, help="[lwnet] Patch side in pixels."),
-    stride: int = typer.Option(
-        68, "--stride", min=1, help="[lwnet] Step between patches (the paper's density is ~23)."
-    ),
-    labelled_fraction: float = typer.Option(
-        0.5, "--labelled-fraction", help="[lwnet] Share of patches labelled at the start."
-    ),
-    val_fraction: float = typer.Option(
-        0.1, "--val-fraction", help="[lwnet] Share of pairs held out for validation."
-    ),
-    displace: float = typer.Option(
-        1.10, "--displace", help="[lwnet] An output replaces a label when it scores ≥ this × the label."
-    ),
-    admit: float = typer.Option(
-        1.00,
-        "--admit",
-        help="[lwnet] An output becomes a pseudo label when it scores ≥ this × the best candidate.",
-    ),
-    gradient_weight: float = typer.Option(
-        0.5,
-        "--gradient-weight",
-        min=0.0,
-        help="[lwnet] Weight of the edge loss toward the stronger source gradient (0: the plain recipe).",
-    ),
-    intensity_weight: float = typer.Option(
-        2.0,
-        "--intensity-weight",
-        min=0.0,
-        help="[lwnet] Weight of the intensity loss toward max(MRI, functional) (0: left out).",
-    ),
-    detail_weight: float = typer.Option(
-        0.1,
-        "--detail-weight",
-        min=0.0,
-        help="[lwnet] Weight of the detail term in the label score (0: SSIM sum only, as in the paper).",
-    ),
-    lr_schedule: str = typer.Option(
-        "constant", "--lr-schedule", help="[lywnet] constant (the authors') or cosine (down to --min-lr)."
-    ),
-    min_lr: float = typer.Option(
-        0.0, "--min-lr", min=0.0, help="[lywnet] Last learning rate of a cosine schedule."
-    ),
-    monitor: list[Path] = typer.Option(
-        [],
-        "--monitor",
-        help="[lywnet] Pair folder whose images give a held-out loss each epoch (repeatable).",
+        None,
+        "--max-minutes",
+        help="Stop between epochs once the next epoch would end after this many minutes of this session.",
     ),
     device: str = options.DEVICE,
+    threads: int | None = _from_recipe(
+        options.THREADS, "CPU threads for torch; with --resume, the run's unless given.", "threads"
+    ),
+    batch_size: int | None = _from_recipe(
+        options.BATCH_SIZE, "Patches (lwnet) or images (lywnet) per optimizer step.", "batch_size"
+    ),
+    epochs: int | None = _recipe_option("--epochs", "Epochs (per SPI iteration for lwnet).", "epochs"),
+    learning_rate: float | None = _recipe_option(
+        "--lr", "Adam learning rate (the first, for cosine).", "learning_rate"
+    ),
+    seed: int | None = _recipe_option("--seed", "Seed for splits, initialisation and shuffles.", "seed"),
+    iterations: int | None = _recipe_option("--iterations", "lwnet: SPI iterations.", "iterations"),
+    label_fuser: list[str] | None = _recipe_option(
+        "--label-fuser",
+        "lwnet: a registered fuser whose outputs are candidate labels (repeatable). Giving --label-fuser "
+        "or --label-dir replaces all of the recipe's candidates.",
+        "label_fusers",
+    ),
+    label_dir: list[str] | None = _recipe_option(
+        "--label-dir",
+        "lwnet: NAME=DIR, fused images of the training pairs by another tool (repeatable).",
+        "label_dirs",
+    ),
+    patch_size: int | None = _recipe_option("--patch-size", "lwnet: patch side in pixels.", "patch_size"),
+    stride: int | None = _recipe_option(
+        "--stride", "lwnet: step between patches (the paper's density is ~23).", "stride"
+    ),
+    labelled_fraction: float | None = _recipe_option(
+        "--labelled-fraction", "lwnet: share of patches labelled at the start.", "labelled_fraction"
+    ),
+    val_fraction: float | None = _recipe_option(
+        "--val-fraction", "lwnet: share of pairs held out for validation.", "val_fraction"
+    ),
+    displace: float | None = _recipe_option(
+        "--displace", "lwnet: an output replaces a label when it scores ≥ this × the label.", "displace"
+    ),
+    admit: float | None = _recipe_option(
+        "--admit",
+        "lwnet: an output becomes a pseudo label when it scores ≥ this × the best candidate.",
+        "admit",
+    ),
+    gradient_weight: float | None = _recipe_option(
+        "--gradient-weight",
+        "lwnet: weight of the edge loss toward the stronger source gradient (0: off).",
+        "gradient_weight",
+    ),
+    intensity_weight: float | None = _recipe_option(
+        "--intensity-weight",
+        "lwnet: weight of the intensity loss toward max(MRI, functional) (0: off).",
+        "intensity_weight",
+    ),
+    detail_weight: float | None = _recipe_option(
+        "--detail-weight",
+        "lwnet: weight of the detail term in the label score (0: SSIM sum only, as in the paper).",
+        "detail_weight",
+    ),
+    lr_schedule: str | None = _recipe_option(
+        "--lr-schedule", "lywnet: constant (the authors') or cosine (down to --min-lr).", "lr_schedule"
+    ),
+    min_lr: float | None = _recipe_option(
+        "--min-lr", "lywnet: last learning rate of a cosine schedule.", "min_lr"
+    ),
+    monitor: list[Path] | None = _recipe_option(
+        "--monitor",
+        "lywnet: pair folder whose images give a held-out loss each epoch (repeatable).",
+        "monitor",
+    ),
     quiet: bool = options.QUIET,
 ) -> None:
-    """Train a fusion network; state is saved after every epoch, so a run can be resumed."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    command = shlex.join(["medfuse", *sys.argv[1:]])
-    if model == "lwnet":
-        from medfuse_cli.training.spi import SPIConfig, train_lwnet
-
-        config = SPIConfig(
-            data=[str(d) for d in data],
-            out=str(out),
-            label_fusers=list(label_fuser),
-            label_dirs=_named_folders(label_dir),
-            iterations=iterations,
-            epochs=epochs or 10,
-            batch_size=batch_size or 8,
-            learning_rate=learning_rate or 1e-3,
-            patch_size=patch_size,
-            stride=stride,
-            labelled_fraction=labelled_fraction,
-            val_fraction=val_fraction,
-            displace=displace,
-            admit=admit,
-            gradient_weight=gradient_weight,
-            intensity_weight=intensity_weight,
-            detail_weight=detail_weight,
-            seed=seed,
-            command=command,
-            max_minutes=max_minutes,
-            resume=resume,
-            quiet=quiet,
-        )
-        weights = train_lwnet(config)
-    elif model == "lywnet":
-        from medfuse_cli.training.lywnet_trainer import LYWNetTrainingOptions, train_lywnet
-
-        lywnet_options = LYWNetTrainingOptions(
-            epochs=epochs or 5,
-            batch_size=batch_size or 16,
-            learning_rate=learning_rate or 1e-4,
-            lr_schedule=lr_schedule,
-            min_lr=min_lr,
-            monitor=[str(m) for m in monitor],
-            device=str(resolve_device(device)),
-            seed=seed,
-            max_minutes=max_minutes,
-            resume=resume,
-            command=command,
-        )
-        weights = train_lywnet(data, out, lywnet_options, quiet=quiet)
+    """Train a fusion network from a recipe; state is saved after every epoch, so a run can be resumed."""
+    candidates_given = bool(label_fuser or label_dir)
+    given = [
+        ("--epochs", "epochs", epochs, _BOTH),
+        ("--batch-size", "batch_size", batch_size, _BOTH),
+        ("--lr", "learning_rate", learning_rate, _BOTH),
+        ("--seed", "seed", seed, _BOTH),
+        ("--iterations", "iterations", iterations, _LWNET),
+        ("--label-fuser", "label_fusers", tuple(label_fuser or ()) if candidates_given else None, _LWNET),
+        ("--label-dir", "label_dirs", _named_folders(label_dir or []) if candidates_given else None, _LWNET),
+        ("--patch-size", "patch_size", patch_size, _LWNET),
+        ("--stride", "stride", stride, _LWNET),
+        ("--labelled-fraction", "labelled_fraction", labelled_fraction, _LWNET),
+        ("--val-fraction", "val_fraction", val_fraction, _LWNET),
+        ("--displace", "displace", displace, _LWNET),
+        ("--admit", "admit", admit, _LWNET),
+        ("--gradient-weight", "gradient_weight", gradient_weight, _LWNET),
+        ("--intensity-weight", "intensity_weight", intensity_weight, _LWNET),
+        ("--detail-weight", "detail_weight", detail_weight, _LWNET),
+        ("--lr-schedule", "lr_schedule", lr_schedule, _LYWNET),
+        ("--min-lr", "min_lr", min_lr, _LYWNET),
+        ("--monitor", "monitor", tuple(str(m) for m in monitor) if monitor else None, _LYWNET),
+    ]
+    if resume:
+        trainer = trainer_of_run(out)
+        if model is not None and model != trainer.model:
+            raise InputError(f"{out} holds a {trainer.model} run, not {model}")
+        base = _stored_config(trainer, out)
+        session_threads = threads  # None: the run's own
+        recipe_name = recipe  # None: the run's own; another is refused
     else:
-        raise MedfuseError(f"cannot train '{model}' (trainable: lwnet, lywnet)")
+        chosen = get_recipe(recipe) if recipe is not None else None
+        if model is None and chosen is None:
+            raise InputError(f"say what to train: --model {'|'.join(TRAINERS)} or --recipe NAME")
+        trainer = get_trainer(model if model is not None else chosen.model)
+        chosen = chosen or get_recipe(DEFAULT_RECIPES[trainer.model])
+        if chosen.model != trainer.model:
+            raise InputError(f"recipe {chosen.name} trains {chosen.model}, not {trainer.model}")
+        base, recipe_name = chosen.config, chosen.name
+        session_threads = threads if threads is not None else chosen.threads
+    changes = {}
+    for flag, field, value, models in given:
+        if value is None:
+            continue
+        if trainer.model not in models:
+            raise InputError(f"{flag} applies to --model {models[0]} only")
+        changes[field] = value
+    settings = RunSettings(
+        out=out,
+        data=tuple(str(folder) for folder in data or ()),
+        recipe=recipe_name,
+        command=shlex.join(["medfuse", *sys.argv[1:]]),
+        device=device,
+        threads=session_threads,
+        resume=resume,
+        max_minutes=max_minutes,
+    )
+    with _Screen(quiet) as screen:
+        weights = trainer.train(replace(base, **changes), settings, screen)
     if not quiet:
         print(f"weights: {weights}")
 
 
+def _stored_config(trainer: Trainer, out: Path) -> Config:
+    """The config the run in ``out`` stored, rebuilt (the base a resume's options apply to)."""
+    stored = read_provenance(out, trainer.files)
+    return config_from_json(trainer.config_type, stored.config, str(out / trainer.files.weights))
+
+
 def _named_folders(pairs: list[str]) -> dict[str, str]:
-    """Parse repeated NAME=DIR options into {NAME: DIR}."""
+    """Parse repeated NAME=DIR options into {NAME: DIR}.
+
+    Raises:
+        InputError: an item is not NAME=DIR, or a name is given twice.
+    """
     named = {}
     for item in pairs:
         name, sep, folder = item.partition("=")
         if not sep or not name or not folder:
-            raise MedfuseError(f"--label-dir expects NAME=DIR, got '{item}'")
+            raise InputError(f"--label-dir expects NAME=DIR, got '{item}'")
         if name in named:
-            raise MedfuseError(f"--label-dir name '{name}' given twice")
+            raise InputError(f"--label-dir name '{name}' given twice")
         named[name] = folder
     return named
+
+
+class _Screen:
+    """Draws a run's events on stderr: a transient bar for the running epoch (on a terminal),
+    then one whole line per finished epoch and per message (soft-wrapped: a line never breaks,
+    also when stderr is a file). Nothing with ``quiet``."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        # A bar only on a terminal: elsewhere rich's live display leaves a blank line behind.
+        self.bar = options.progress_bar("{task.description}", quiet or not options.stderr.is_terminal)
+        self.task: TaskID | None = None
+        self.epochs = 0
+
+    def __enter__(self) -> _Screen:
+        self.bar.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.bar.stop()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, EpochStarted):
+            self.epochs = event.epochs
+            self.task = self.bar.add_task(f"epoch {event.epoch}/{event.epochs}", total=None)
+        elif isinstance(event, StepDone) and self.task is not None:
+            self.bar.update(
+                self.task,
+                completed=event.step,
+                total=event.steps,
+                description=f"epoch {event.epoch}/{self.epochs} · loss {event.loss:.4f} · "
+                f"{event.samples_per_second:.1f}/s",
+            )
+        elif isinstance(event, EpochFinished):
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+                self.task = None
+            numbers = ", ".join(
+                f"{name.replace('_', ' ')} {value:.4g}" for name, value in event.metrics.items()
+            )
+            self._line(f"epoch {event.epoch}/{event.epochs}: {numbers} ({event.seconds:.0f} s)")
+        elif isinstance(event, Message):
+            self._line(event.text)
+
+    def _line(self, text: str) -> None:
+        if not self.quiet:
+            self.bar.console.print(text, markup=False, highlight=False, soft_wrap=True)

@@ -40,14 +40,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medfuse_cli.errors import MedfuseError
-from medfuse_cli.fusers.registry import CheckpointSpec, FuserSpec, LoadedCheckpoint, register_fuser
+from medfuse_cli.errors import CheckpointError
+from medfuse_cli.fusers.registry import CT, FUNCTIONAL, Checkpoint, FuserSpec, register_fuser
+from medfuse_cli.weights import LoadedCheckpoint, load_state_strict
 
 CHANNELS = 8
 MCA_KERNELS = (3, 5, 7)
 SHALLOW_STRIDE = 4  # shallow features at ¼ resolution; inputs are padded to a multiple of this
 MODALITIES = 2  # MRI (group 0) and the functional or CT image (group 1)
 CHECKPOINT_FORMAT = "medfuse-lwnet-2"
+MIN_SIZE = 1  # any H×W: inputs are padded to a multiple of 4 (tests/test_fuser_sizes.py)
 
 
 class AdaptiveChannelAttention(nn.Module):
@@ -198,20 +200,70 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int = SHALLOW_STRIDE) -> torch.T
     return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
 
 
-def build_lwnet(loaded: LoadedCheckpoint | None, options: dict) -> nn.Module:
-    """LWNet with a checkpoint's weights; without one, an untrained network to inspect its size.
+# --- checkpoints and builder ---------------------------------------------------------------
 
-    The fusion pipeline always resolves a checkpoint for a network, so an untrained LWNet only
-    reaches ``medfuse models`` (parameter counts) and speed measurements, never a fused image.
+_SPI_LABELS = (
+    "--gradient-weight 0.5 --intensity-weight 2.0 --detail-weight 0.1 --label-fuser average "
+    "--label-fuser laplacian --label-fuser maximum --label-dir IFCNN-MAX=../shared/labels/IFCNN-MAX "
+    "--label-dir GeSeNet=../shared/labels/GeSeNet --threads 1"
+)
+FUNCTIONAL_CHECKPOINT = Checkpoint(
+    fuser="lwnet",
+    tag="functional",
+    filename="lwnet-functional.safetensors",
+    sha256="40b505d2b9633c1b5db13da7b05929f7515e0a8819a975fd1a4f35b03abc1e0b",
+    applies_to=FUNCTIONAL,
+    meta={
+        "network": "LWNet",
+        "format": CHECKPOINT_FORMAT,
+        "parameters": "6444",
+        "data": '["../shared/data/harvard/SPECT-MRI/train"]',
+        "command": "medfuse train ../shared/data/harvard/SPECT-MRI/train --model lwnet --out "
+        f"runs/lwnet-functional --iterations 5 --epochs 3 {_SPI_LABELS}",
+        "schedule": "5 SPI iterations x 3 epochs, Adam lr 0.001, batch 8, patches 120 stride 68, "
+        "thresholds displace 1.1 admit 1.0",
+        "epochs": "15",
+        "wall_time_minutes": "3.6",
+        "git_commit": "3a729a90ad25cf06b6d8f7248f682e8f17402149",
+        "test_metrics": '{"PET-MRI": {"Qabf": 0.7236, "SSIM": 0.7013, "VIF": 0.8576, "n": 24}, '
+        '"SPECT-MRI": {"Qabf": 0.7131, "SSIM": 0.7421, "VIF": 0.804, "n": 21}}',
+    },
+)
+CT_CHECKPOINT = Checkpoint(
+    fuser="lwnet",
+    tag="ct",
+    filename="lwnet-ct.safetensors",
+    sha256="16a8b2c00015065437b1986d13802026f4861c53a86fd070022a79be7f1e4ae0",
+    applies_to=CT,
+    meta={
+        "network": "LWNet",
+        "format": CHECKPOINT_FORMAT,
+        "parameters": "6444",
+        "data": '["../shared/data/harvard/CT-MRI/train"]',
+        "command": "medfuse train ../shared/data/harvard/CT-MRI/train --model lwnet --out runs/lwnet-ct "
+        f"--iterations 4 --epochs 3 {_SPI_LABELS}",
+        "schedule": "4 SPI iterations x 3 epochs, Adam lr 0.001, batch 8, patches 120 stride 68, "
+        "thresholds displace 1.1 admit 1.0",
+        "epochs": "12",
+        "wall_time_minutes": "1.7",
+        "git_commit": "3a729a90ad25cf06b6d8f7248f682e8f17402149",
+        "test_metrics": '{"CT-MRI": {"Qabf": 0.5791, "SSIM": 0.742, "VIF": 0.7217, "n": 23}}',
+    },
+)
+
+
+def build_lwnet(loaded: LoadedCheckpoint | None) -> nn.Module:
+    """LWNet with a checkpoint's weights; without one, an untrained network (sizes and timing).
+
+    Raises:
+        CheckpointError: the checkpoint is of another format or does not fit the network.
     """
-    from medfuse_cli.weights import load_state_strict
-
     net = LWNet()
     if loaded is None:
         return net.eval()
     fmt = loaded.metadata.get("format", CHECKPOINT_FORMAT)
     if fmt != CHECKPOINT_FORMAT:
-        raise MedfuseError(
+        raise CheckpointError(
             f"checkpoint {loaded.source} has format {fmt!r}; this LWNet reads {CHECKPOINT_FORMAT!r} "
             "(retrain with `medfuse train --model lwnet` or use the bundled weights)"
         )
@@ -224,22 +276,11 @@ register_fuser(
         name="lwnet",
         kind="network",
         summary="LWNet (our reimplementation): ACA + multi-scale cross attention, trained with SPI",
+        reference="Wang et al., a lightweight medical image fusion network by structural similarity "
+        "pseudo labels iteration (our reading of its description; no public code)",
         build=build_lwnet,
-        checkpoints=(
-            CheckpointSpec(
-                name="functional",
-                filename="lwnet-functional.safetensors",
-                sha256="40b505d2b9633c1b5db13da7b05929f7515e0a8819a975fd1a4f35b03abc1e0b",
-                provenance="trained by medfuse with SPI on Harvard SPECT-MRI train patches",
-                applies_to="functional",
-            ),
-            CheckpointSpec(
-                name="ct",
-                filename="lwnet-ct.safetensors",
-                sha256="16a8b2c00015065437b1986d13802026f4861c53a86fd070022a79be7f1e4ae0",
-                provenance="trained by medfuse with SPI on Harvard CT-MRI train patches",
-                applies_to="ct",
-            ),
-        ),
+        min_size=MIN_SIZE,
+        cpu_threads=1,
+        checkpoints=(FUNCTIONAL_CHECKPOINT, CT_CHECKPOINT),
     )
 )

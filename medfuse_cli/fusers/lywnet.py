@@ -22,7 +22,7 @@ statistics of the whole batch, as the authors trained.
 
 Input size. The micro pyramid pools twice by 2, so the network needs H and W divisible by 4.
 ``LYWNet`` reflect-pads the inputs up to the next multiple of 4 and crops the output back, so any
-image of at least 4 x 4 pixels works.
+image of at least 5 x 5 pixels works (``MIN_SIZE``).
 """
 
 from __future__ import annotations
@@ -31,11 +31,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medfuse_cli.errors import MedfuseError
-from medfuse_cli.fusers.registry import CheckpointSpec, FuserSpec, LoadedCheckpoint, register_fuser
+from medfuse_cli.errors import CheckpointError, InputError
+from medfuse_cli.fusers.lywnet_authors import AUTHORS_FORMAT, from_authors_names
+from medfuse_cli.fusers.registry import Checkpoint, FuserSpec, register_fuser
+from medfuse_cli.weights import LoadedCheckpoint, load_state_strict
 
 CHANNELS = 64
 DEFAULT_TEMPERATURE = 30.0
+# Sides are padded to a multiple of 4; the ¼-resolution pyramid level then needs at least 2×2
+# pixels for per-image statistics, so 5 (padded to 8) is the smallest side that works.
+MIN_SIZE = 5
 
 
 class ImageNorm(nn.BatchNorm2d):
@@ -254,7 +259,7 @@ class FDSFusion(nn.Module):
     def __init__(self, temperature: float = DEFAULT_TEMPERATURE) -> None:
         super().__init__()
         if not temperature > 0:
-            raise MedfuseError(f"temperature must be positive, got {temperature}")
+            raise InputError(f"temperature must be positive, got {temperature}")
         self.temperature = temperature
 
     def forward(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
@@ -287,9 +292,7 @@ class LYWNet(nn.Module):
     def forward(self, anatomical: torch.Tensor, functional: torch.Tensor) -> torch.Tensor:
         """Fuse two Y images in [0, 1] of shape (N, 1, H, W); returns the fused Y in [0, 1]."""
         if anatomical.shape != functional.shape:
-            raise MedfuseError(
-                f"images differ in size: {tuple(anatomical.shape)} vs {tuple(functional.shape)}"
-            )
+            raise InputError(f"images differ in size: {tuple(anatomical.shape)} vs {tuple(functional.shape)}")
         pairs = zip(anatomical.split(1), functional.split(1), strict=True)
         return torch.cat([self._fuse_one(a, b) for a, b in pairs]).clamp(0.0, 1.0)
 
@@ -309,9 +312,9 @@ class LYWNet(nn.Module):
 def pad_to_multiple(x: torch.Tensor, multiple: int = 4) -> torch.Tensor:
     """Reflect-pad the bottom and right edges so H and W are multiples of ``multiple``."""
     height, width = x.shape[-2:]
-    if min(height, width) < multiple:
-        raise MedfuseError(
-            f"LYWNet needs images of at least {multiple}x{multiple} pixels, got {height}x{width}"
+    if min(height, width) < MIN_SIZE:
+        raise InputError(
+            f"LYWNet needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels, got {height}x{width}"
         )
     pad_h, pad_w = -height % multiple, -width % multiple
     if pad_h == pad_w == 0:
@@ -319,67 +322,39 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = 4) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
 
 
-# --- checkpoints -------------------------------------------------------------------------------
+# --- checkpoints and builder ---------------------------------------------------------------
 
 OWN_FORMAT = "medfuse-lywnet-1"
-AUTHORS_FORMAT = "lywnet-authors-2023"
 PER_IMAGE = "per-image"
 
-# The authors' module names -> ours (prefix rewrite; the rest of each name is unchanged).
-_AUTHORS_NAMES = {
-    "Extraction.conv0.": "extractor.preprocessor.conv_a.",
-    "Extraction.conv1.": "extractor.preprocessor.conv_b.",
-    "Extraction.conv2.": "extractor.preprocessor.conv_c.",
-    "Extraction.conv3.": "extractor.preprocessor.conv_merge.",
-    "Extraction.bn.": "extractor.preprocessor.norm.",
-    "Extraction.block.norm.": "extractor.block.norm.",
-    "Extraction.block.block1.conv1.": "extractor.block.pyramid.conv.",
-    "Extraction.block.block1.norm.": "extractor.block.pyramid.norm.",
-    "Extraction.block.block2.basicblock.": "extractor.block.basic.block.",
-    "Extraction.block.block3.bottleneck.": "extractor.block.bottleneck.block.",
-    "Extraction.block.ppm.conv0.": "extractor.block.ppm.proj.",
-    "Extraction.block.ppm.conv1.": "extractor.block.ppm.conv.",
-    "Extraction.block.ppm.conv2.": "extractor.block.ppm.merge.",
-    "Extraction.block.ppm.norm.": "extractor.block.ppm.norm.",
-    "Reconstruction.conv0.": "reconstructor.conv1.",
-    "Reconstruction.conv1.": "reconstructor.conv2.",
-    "Reconstruction.conv2.": "reconstructor.conv3.",
-}
-# Modules the authors defined but never call in the forward pass.
-_AUTHORS_UNUSED_MODULES = (
-    "Extraction.block.conv0.",
-    "Extraction.block.conv1.",
-    "Extraction.block.bag.conv1.",
-    "Extraction.block.bag.norm.",
+HARVARD_CHECKPOINT = Checkpoint(
+    fuser="lywnet",
+    tag="harvard",
+    filename="lywnet-harvard.safetensors",
+    sha256="7e3bd2bc3c914c843e8ff80e6a38ab6b4ce26a68563aecb7569ca2b72c5a7ad4",
+    applies_to=None,
+    meta={
+        "network": "LYWNet",
+        "format": "medfuse-lywnet-1",
+        "parameters": "413505",
+        "data": '["../shared/data/harvard/SPECT-MRI/train", "../shared/data/harvard/PET-MRI/train", "../shared/data/harvard/CT-MRI/train"]',
+        "command": "medfuse train ../shared/data/harvard/SPECT-MRI/train ../shared/data/harvard/PET-MRI/train ../shared/data/harvard/CT-MRI/train --model lywnet -o /work/runs/lywnet-harvard --epochs 6 --max-minutes 80 --seed 0 --threads 1",
+        "schedule": "autoencoder, 2 of 6 epochs over 1368 Y images, Adam lr 0.0001, batch 16, 32 px, loss weights (1.0, 25.0, 4.0)",
+        "epochs": "2",
+        "wall_time_minutes": "54.8",
+        "git_commit": "cfd6ed0f80dc90f82cbabb79a05000bd4f7c917b",
+        "test_metrics": '{"CT-MRI": {"mean": {"ARI": 0.7673, "CC": 0.7903, "FM": 0.8395, "MI": 2.2169, "PSNR": 10.5652, "Qabf": 0.2371, "SSIM": 0.5856, "VIF": 0.236}, "n": 23, "std": {"ARI": 0.0856, "CC": 0.0282, "FM": 0.0549, "MI": 0.2512, "PSNR": 0.6876, "Qabf": 0.0198, "SSIM": 0.0333, "VIF": 0.0291}}, "PET-MRI": {"mean": {"ARI": 0.5597, "CC": 0.8043, "FM": 0.6953, "MI": 2.8793, "PSNR": 11.5464, "Qabf": 0.2398, "SSIM": 0.5035, "VIF": 0.2453}, "n": 24, "std": {"ARI": 0.0737, "CC": 0.033, "FM": 0.0602, "MI": 0.2719, "PSNR": 0.447, "Qabf": 0.0259, "SSIM": 0.0568, "VIF": 0.0252}}, "SPECT-MRI": {"mean": {"ARI": 0.7365, "CC": 0.8542, "FM": 0.815, "MI": 3.0286, "PSNR": 10.5008, "Qabf": 0.1875, "SSIM": 0.5414, "VIF": 0.2273}, "n": 21, "std": {"ARI": 0.0737, "CC": 0.0159, "FM": 0.0565, "MI": 0.254, "PSNR": 0.4892, "Qabf": 0.0235, "SSIM": 0.0592, "VIF": 0.0269}}, "evaluated_with": "medfuse evaluate ../shared/data/harvard --fused LYWNet-ours=<medfuse fuse --model lywnet outputs> --metrics SSIM,PSNR,MI,ARI,FM,CC,Qabf,VIF"}',
+    },
 )
-# BatchNorm buffers: statistics their inference never used (it normalised per image).
-_BATCHNORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def from_authors_names(tensors: dict[str, torch.Tensor], model: LYWNet) -> dict[str, torch.Tensor]:
-    """Rename the authors' tensors to ``model``'s, dropping the ones their forward pass never uses.
-
-    Only listed names are dropped: a name that is neither mapped nor listed is passed through
-    unchanged, so strict loading reports it as unexpected.
-    """
-    norms = {name for name, module in model.named_modules() if isinstance(module, ImageNorm)}
-    renamed = {}
-    for name, tensor in tensors.items():
-        if name.startswith(_AUTHORS_UNUSED_MODULES):
-            continue
-        prefix = next((p for p in _AUTHORS_NAMES if name.startswith(p)), None)
-        ours = _AUTHORS_NAMES[prefix] + name[len(prefix) :] if prefix else name
-        module, _, leaf = ours.rpartition(".")
-        if leaf in _BATCHNORM_BUFFERS and module in norms:
-            continue
-        renamed[ours] = tensor
-    return renamed
 
 
 def load_lywnet(loaded: LoadedCheckpoint, temperature: float = DEFAULT_TEMPERATURE) -> LYWNet:
-    """Build LYWNet from a checkpoint in our format or the authors', chosen by its metadata."""
-    from medfuse_cli.weights import load_state_strict
+    """Build LYWNet from a checkpoint in our format or the authors', chosen by its metadata.
 
+    Raises:
+        CheckpointError: an unknown format, a normalisation other than per-image, or tensors
+            that do not fit the network.
+    """
     model = LYWNet(temperature)
     fmt = loaded.metadata.get("format")
     if fmt == AUTHORS_FORMAT:
@@ -389,12 +364,12 @@ def load_lywnet(loaded: LoadedCheckpoint, temperature: float = DEFAULT_TEMPERATU
         tensors = loaded.tensors
         normalization = loaded.metadata.get("normalization")
     else:
-        raise MedfuseError(
+        raise CheckpointError(
             f"checkpoint {loaded.source} is not a LYWNet checkpoint (format {fmt!r}, expected "
             f"{OWN_FORMAT!r} or {AUTHORS_FORMAT!r})"
         )
     if normalization != PER_IMAGE:
-        raise MedfuseError(
+        raise CheckpointError(
             f"checkpoint {loaded.source} asks for normalisation {normalization!r}; LYWNet infers "
             f"with {PER_IMAGE!r} statistics only"
         )
@@ -402,12 +377,11 @@ def load_lywnet(loaded: LoadedCheckpoint, temperature: float = DEFAULT_TEMPERATU
     return model.eval()
 
 
-def _build(loaded: LoadedCheckpoint | None, options: dict) -> nn.Module:
-    """The registry's builder; without a checkpoint, an untrained network (to inspect its size)."""
-    temperature = float(options.get("temperature", DEFAULT_TEMPERATURE))
+def build_lywnet(loaded: LoadedCheckpoint | None, temperature: float = DEFAULT_TEMPERATURE) -> nn.Module:
+    """The registry's builder; without a checkpoint, an untrained network (sizes and timing)."""
     if loaded is None:
-        return LYWNet(temperature).eval()
-    return load_lywnet(loaded, temperature)
+        return LYWNet(float(temperature)).eval()
+    return load_lywnet(loaded, float(temperature))
 
 
 register_fuser(
@@ -415,14 +389,12 @@ register_fuser(
         name="lywnet",
         kind="network",
         summary="LYWNet (Li et al. 2024): shared-weight pyramid residual extractor, FDS fusion (T=30)",
-        build=_build,
-        checkpoints=(
-            CheckpointSpec(
-                name="harvard",
-                filename="lywnet-harvard.safetensors",
-                sha256="7e3bd2bc3c914c843e8ff80e6a38ab6b4ce26a68563aecb7569ca2b72c5a7ad4",
-                provenance="trained by medfuse on ../shared/data/harvard/*/train (all pairs); see weights/MODEL_CARD.md",
-            ),
-        ),
+        reference="Li et al., multi-scale pyramid residual weight network for medical image fusion, "
+        "Quant. Imaging Med. Surg. 2024",
+        build=build_lywnet,
+        min_size=MIN_SIZE,
+        cpu_threads=None,  # ~7 s per 256² pair: worth both cores (BENCHMARKS.md)
+        in_default_lineup=False,  # minutes per folder on a CPU: run it when asked
+        checkpoints=(HARVARD_CHECKPOINT,),
     )
 )

@@ -1,85 +1,152 @@
-"""One registry of named fusers: classical rules and networks behind one interface.
+"""The model zoo's table: named fusers and the checkpoints each can load.
 
-A fuser is a ``torch.nn.Module`` whose ``forward(anatomical, functional)`` takes two Y tensors
-in [0, 1] of shape (N, 1, H, W) on any device and returns the fused Y in [0, 1], same shape.
-Classical rules are modules without parameters, so ``evaluate``, ``benchmark`` and SPI treat
-every fuser alike. Each entry carries the checkpoints it can load and where they come from, in
-the spirit of torchvision's ``Weights`` records, so ``medfuse models`` can print provenance.
+A leaf module in the spirit of torchvision's ``models/_api.py``: it holds records and a
+dictionary and imports nothing of medfuse but its errors. The built-in fusers register
+themselves when ``medfuse_cli.fusers`` imports their modules; building one (and loading its
+weights) is ``medfuse_cli.fusers.create_fuser``'s job, not the table's.
+
+A fuser is a ``torch.nn.Module`` whose ``forward(anatomical, functional)`` takes two float32 Y
+tensors in [0, 1] of shape (N, 1, H, W) on one device and returns the fused Y, same shape and
+range. Classical rules are modules without parameters, so ``evaluate``, ``benchmark`` and SPI
+treat every fuser alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import torch
+from torch import nn
 
-from medfuse_cli.errors import MedfuseError
+from medfuse_cli.errors import InputError
+
+# What a checkpoint is meant for, decided from the second image of a pair.
+FUNCTIONAL = "functional"  # a colour (pseudo-colour SPECT/PET) second image
+CT = "ct"  # a grayscale second image
+PAIR_KINDS = (FUNCTIONAL, CT)
+
+# The header fields a checkpoint record repeats, in the order ``medfuse models`` shows them.
+PROVENANCE_FIELDS = (
+    "network",
+    "format",
+    "parameters",
+    "data",
+    "command",
+    "schedule",
+    "epochs",
+    "wall_time_minutes",
+    "git_commit",
+    "test_metrics",
+)
 
 
 @dataclass(frozen=True)
-class CheckpointSpec:
-    """A shipped checkpoint: bundled file name, Hub location, checksum and provenance.
+class Checkpoint:
+    """One shipped checkpoint: where it lives, how to verify it, and what it is.
 
-    ``applies_to`` says which input pairs it is meant for: ``"functional"`` (colour SPECT/PET
-    second image) or ``"ct"`` (grayscale second image); ``None`` means any pair.
+    Like torchvision's ``Weights``: the file (bundled name, Hugging Face Hub repository and
+    pinned revision, sha256) travels with its metadata. ``meta`` holds the file header's
+    ``PROVENANCE_FIELDS`` verbatim (strings; ``test_metrics`` is JSON), and a test checks that
+    they equal the header of the bundled file, so what ``medfuse models`` prints is what the
+    file says of itself.
+
+    Attributes:
+        fuser: the fuser it belongs to, e.g. ``"lwnet"``.
+        tag: its name among that fuser's checkpoints, e.g. ``"ct"``; ``name`` is ``lwnet.ct``.
+        filename: the file's name, bundled in ``weights/`` and on the Hub.
+        sha256: the file's sha256 (hex); a file that does not match is never loaded.
+        applies_to: ``"functional"`` or ``"ct"``: the pairs it is meant for (None: any pair).
+        hub_repo, hub_revision: where the Hub serves it, at a pinned revision.
+        meta: the provenance header fields (see above).
     """
 
-    name: str
+    fuser: str
+    tag: str
     filename: str
     sha256: str
-    provenance: str
-    applies_to: str | None = None
+    applies_to: str | None
+    meta: Mapping[str, str]
     hub_repo: str = "medfuse/medfuse-weights"
     hub_revision: str = "main"
 
+    @property
+    def name(self) -> str:
+        """``<fuser>.<tag>``, the name ``--checkpoint`` accepts (the tag alone works too)."""
+        return f"{self.fuser}.{self.tag}"
 
-@dataclass(frozen=True)
-class LoadedCheckpoint:
-    """Tensors and header metadata read from a verified safetensors file."""
-
-    tensors: dict[str, torch.Tensor]
-    metadata: dict[str, str]
-    source: str
+    @property
+    def test_metrics(self) -> dict:
+        """The test-split scores recorded in the header (parsed from ``meta``)."""
+        return json.loads(self.meta.get("test_metrics", "{}"))
 
 
-Builder = Callable[[LoadedCheckpoint | None, dict], torch.nn.Module]
+Builder = Callable[..., nn.Module]
 
 
 @dataclass(frozen=True)
 class FuserSpec:
-    """How to build one named fuser and what it needs."""
+    """How to build one named fuser, and what it needs.
+
+    Attributes:
+        name: the name ``--model`` takes.
+        kind: ``"classical"`` (no weights) or ``"network"`` (needs a checkpoint to fuse).
+        summary: one line for ``medfuse models``.
+        reference: the paper it implements (authors, venue, DOI).
+        build: ``build(loaded, **options) -> nn.Module`` with ``loaded`` a
+            ``weights.LoadedCheckpoint``, or None for an untrained network (parameter counts
+            and timing only, never fusion).
+        min_size: the smallest height and width, in pixels, the fuser accepts.
+        cpu_threads: torch threads it runs with on CPU unless told otherwise; None means
+            torch's default (all cores). Chosen by measurement (BENCHMARKS.md).
+        in_default_lineup: whether ``medfuse evaluate`` runs it when no method is named
+            (False for fusers too slow to run unasked).
+        checkpoints: the checkpoints it ships, the default first.
+    """
 
     name: str
-    kind: str  # "classical" or "network"
+    kind: str
     summary: str
     build: Builder
-    checkpoints: tuple[CheckpointSpec, ...] = field(default_factory=tuple)
+    reference: str = ""
+    min_size: int = 1
+    cpu_threads: int | None = None
+    in_default_lineup: bool = True
+    checkpoints: tuple[Checkpoint, ...] = field(default_factory=tuple)
 
     @property
     def needs_weights(self) -> bool:
         return self.kind == "network"
 
-    def checkpoint(self, name: str) -> CheckpointSpec:
-        for spec in self.checkpoints:
-            if spec.name == name:
-                return spec
-        known = ", ".join(c.name for c in self.checkpoints) or "none"
-        raise MedfuseError(f"model '{self.name}' has no checkpoint '{name}' (known: {known})")
+    def checkpoint(self, name: str) -> Checkpoint:
+        """The checkpoint called ``name`` (``lwnet.ct`` or ``ct``).
 
-    def default_checkpoint(self, second_is_color: bool) -> CheckpointSpec:
-        """The checkpoint meant for this kind of pair: colour functional image or CT."""
-        wanted = "functional" if second_is_color else "ct"
-        for spec in self.checkpoints:
-            if spec.applies_to in (wanted, None):
-                return spec
-        raise MedfuseError(f"model '{self.name}' ships no checkpoint for {wanted} pairs")
+        Raises:
+            InputError: the fuser has no such checkpoint (the message lists those it has).
+        """
+        for record in self.checkpoints:
+            if name in (record.name, record.tag):
+                return record
+        known = ", ".join(c.name for c in self.checkpoints) or "none"
+        raise InputError(f"model '{self.name}' has no checkpoint '{name}' (known: {known})")
+
+    def checkpoint_for(self, pair_kind: str) -> Checkpoint:
+        """The checkpoint meant for ``pair_kind`` (``"functional"`` or ``"ct"``).
+
+        Raises:
+            InputError: the fuser ships none for that kind of pair.
+        """
+        for record in self.checkpoints:
+            if record.applies_to in (pair_kind, None):
+                return record
+        raise InputError(f"model '{self.name}' ships no checkpoint for {pair_kind} pairs")
 
 
 _REGISTRY: dict[str, FuserSpec] = {}
 
 
 def register_fuser(spec: FuserSpec) -> FuserSpec:
+    """Add ``spec`` to the table. Raises ``ValueError`` for a name registered twice."""
     if spec.name in _REGISTRY:
         raise ValueError(f"fuser '{spec.name}' registered twice")
     _REGISTRY[spec.name] = spec
@@ -87,21 +154,18 @@ def register_fuser(spec: FuserSpec) -> FuserSpec:
 
 
 def get_fuser_spec(name: str) -> FuserSpec:
-    _load_builtin_fusers()
+    """The spec registered as ``name``.
+
+    Raises:
+        InputError: no fuser of that name (the message lists the known ones).
+    """
     try:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
-        raise MedfuseError(f"unknown model '{name}' (known: {known})") from None
+        raise InputError(f"unknown model '{name}' (known: {known})") from None
 
 
-def list_fusers() -> list[FuserSpec]:
-    _load_builtin_fusers()
+def registered_fusers() -> list[FuserSpec]:
+    """Every registered spec, by name."""
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
-
-
-def _load_builtin_fusers() -> None:
-    """Import the modules that register the built-in fusers (once; imports are cached)."""
-    import medfuse_cli.fusers.classical
-    import medfuse_cli.fusers.lwnet
-    import medfuse_cli.fusers.lywnet  # noqa: F401

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medfuse_cli.errors import MedfuseError
+from medfuse_cli.errors import InputError
 from medfuse_cli.metrics import clustering, fmi, gradient, information, structural, visual
 from medfuse_cli.metrics._common import check_triple
 
@@ -65,7 +65,7 @@ LYWNET_METRICS = ("SSIM", "PSNR", "MI", "ARI", "FM", "CC")
 def resolve_metric_names(names: Iterable[str] | None) -> list[str]:
     """Validate metric names (case-insensitive) and return them canonically spelt, in order.
 
-    ``None`` means every metric. Unknown names raise ``MedfuseError`` listing the known ones.
+    ``None`` means every metric. Unknown names raise ``InputError`` listing the known ones.
     """
     if names is None:
         return list(METRICS)
@@ -74,11 +74,11 @@ def resolve_metric_names(names: Iterable[str] | None) -> list[str]:
     for raw in names:
         name = by_lower.get(raw.strip().lower())
         if name is None:
-            raise MedfuseError(f"unknown metric '{raw}' (known: {', '.join(METRICS)})")
+            raise InputError(f"unknown metric '{raw}' (known: {', '.join(METRICS)})")
         if name not in resolved:
             resolved.append(name)
     if not resolved:
-        raise MedfuseError("no metrics selected")
+        raise InputError("no metrics selected")
     return resolved
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from medfuse_cli.errors import MedfuseError
+from medfuse_cli.errors import InputError
 
 Array = np.ndarray
 
@@ -19,7 +19,7 @@ Array = np.ndarray
 def check_triple(a: object, b: object, f: object, name: str, min_size: int = 1) -> tuple[Array, Array, Array]:
     """Validate (A, B, F) and return them as float64 arrays.
 
-    Raises ``MedfuseError`` with one line naming the metric when the inputs are not three finite
+    Raises ``InputError`` with one line naming the metric when the inputs are not three finite
     2-D arrays of the same shape on the 0..255 scale, or are smaller than ``min_size`` pixels on
     a side (windowed metrics need room for their window).
     """
@@ -27,18 +27,18 @@ def check_triple(a: object, b: object, f: object, name: str, min_size: int = 1) 
     for label, x in (("A", a), ("B", b), ("F", f)):
         arr = np.asarray(x, dtype=np.float64)
         if arr.ndim != 2:
-            raise MedfuseError(f"{name}: image {label} must be 2-D (one gray channel), got shape {arr.shape}")
+            raise InputError(f"{name}: image {label} must be 2-D (one gray channel), got shape {arr.shape}")
         arrays.append(arr)
     ia, ib, i_f = arrays
     if not (ia.shape == ib.shape == i_f.shape):
-        raise MedfuseError(f"{name}: A, B and F must have one shape, got {ia.shape}, {ib.shape}, {i_f.shape}")
+        raise InputError(f"{name}: A, B and F must have one shape, got {ia.shape}, {ib.shape}, {i_f.shape}")
     if min(ia.shape) < min_size:
-        raise MedfuseError(f"{name}: images must be at least {min_size}x{min_size} pixels, got {ia.shape}")
+        raise InputError(f"{name}: images must be at least {min_size}x{min_size} pixels, got {ia.shape}")
     for label, arr in zip("ABF", arrays, strict=True):
         if not np.all(np.isfinite(arr)):
-            raise MedfuseError(f"{name}: image {label} contains NaN or infinite values")
+            raise InputError(f"{name}: image {label} contains NaN or infinite values")
         if arr.min() < 0.0 or arr.max() > 255.0:
-            raise MedfuseError(
+            raise InputError(
                 f"{name}: image {label} must be on the 0..255 scale, got {arr.min():g}..{arr.max():g}"
             )
     return ia, ib, i_f

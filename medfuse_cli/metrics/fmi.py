@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft
 
-from medfuse_cli.errors import MedfuseError
+from medfuse_cli.errors import InputError
 from medfuse_cli.metrics._common import Array, check_triple
 
 WINDOW = 3
@@ -205,7 +205,7 @@ def _dwt_tiles(x: Array) -> Array:
     try:
         import pywt
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MedfuseError("FMI_w needs PyWavelets: pip install PyWavelets") from exc
+        raise InputError("FMI_w needs PyWavelets: pip install PyWavelets") from exc
     c_a, (c_h, c_v, c_d) = pywt.dwt2(x, "dmey", mode="periodization")
     return _rerange(np.block([[c_a, c_h], [c_v, c_d]]))
 

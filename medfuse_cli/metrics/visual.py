@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -133,6 +136,32 @@ def _csf_filter(x: Array, csf: Array) -> Array:
 QCB_F0, QCB_F1, QCB_A = 15.3870, 1.3456, 0.7622
 QCB_K, QCB_H, QCB_P, QCB_Q, QCB_Z = 1.0, 1.0, 3.0, 2.0, 1e-4
 
+Fft2 = Callable[[Array], Array]
+
+
+def _libm_exp(x: Array) -> Array:
+    """exp of every element through the C library's ``exp`` (``math.exp``), as Octave's is.
+
+    ``np.exp`` picks a SIMD kernel by CPU (on AVX-512 machines its own, which differs from libm in
+    the last bit for about 5% of the CSF entries), and Qcb is sensitive to that last bit (see
+    ``qcb``). Each distinct value is evaluated once.
+    """
+    values, inverse = np.unique(x, return_inverse=True)
+    exps = np.fromiter((math.exp(v) for v in values.tolist()), dtype=np.float64, count=values.size)
+    return exps[inverse].reshape(x.shape)
+
+
+@lru_cache(maxsize=8)
+def _chen_blum_csf(shape: tuple[int, int]) -> Array:
+    """S(r) = exp(-(r/f0)^2) - a exp(-(r/f1)^2) on the size/30-scaled freqspace grid, DC at [0, 0].
+
+    Cached per image shape and returned read-only.
+    """
+    r = freqspace_radius(shape, 30.0)
+    csf = _libm_exp(-((r / QCB_F0) ** 2)) - QCB_A * _libm_exp(-((r / QCB_F1) ** 2))
+    csf.flags.writeable = False
+    return csf
+
 
 def _unnormalised_gaussian_1d(sigma: float) -> Array:
     """1-D factor of Liu's 31x31 Gaussian exp(-(x^2+y^2)/(2 s^2)) / (2 pi s^2), not normalised."""
@@ -140,11 +169,24 @@ def _unnormalised_gaussian_1d(sigma: float) -> Array:
     return np.exp(-(x * x) / (2 * sigma * sigma)) / (np.sqrt(2 * np.pi) * sigma)
 
 
-def _masked_contrast(x: Array, csf: Array, g1: Array, g2: Array) -> Array:
-    """Chen-Blum masked local contrast C' = k |C|^p / (h |C|^q + Z) of one CSF-filtered image."""
-    filtered = _csf_filter(x, csf)
+def _filter_same_zero_complex(x: Array, kernel_1d: Array) -> Array:
+    """``filter_same_zero`` of a possibly complex image: a real kernel filters each part apart."""
+    if not np.iscomplexobj(x):
+        return filter_same_zero(x, kernel_1d)
+    out = filter_same_zero(x.real, kernel_1d).astype(np.complex128)
+    out.imag = filter_same_zero(x.imag, kernel_1d)
+    return out
+
+
+def _masked_contrast(filtered: Array, g1: Array, g2: Array) -> Array:
+    """Chen-Blum masked contrast C' = k |C|^p / (h |C|^q + Z) of one CSF-filtered (complex) image.
+
+    C = G1*I / G2*I - 1 is complex when the filtered image is, and |C| is its modulus, as in the
+    MATLAB code, which never takes ``real()`` of its ``ifft2``.
+    """
+    num, den = _filter_same_zero_complex(filtered, g1), _filter_same_zero_complex(filtered, g2)
     with np.errstate(divide="ignore", invalid="ignore"):
-        c = np.abs(filter_same_zero(filtered, g1) / filter_same_zero(filtered, g2) - 1.0)
+        c = np.abs(num / den - 1.0)
     return QCB_K * c**QCB_P / (QCB_H * c**QCB_Q + QCB_Z)
 
 
@@ -155,29 +197,60 @@ def _ratio(x: Array, y: Array) -> Array:
         return np.where(hi > 0, lo / hi, 1.0)
 
 
-def qcb(a: Array, b: Array, f: Array) -> float:
-    """Qcb (Chen-Blum), as Liu's ``metricChenBlum`` = VIFB ``metricsQcb``. Higher is better.
-
-    Chen & Blum, "A new automated quality assessment algorithm for image fusion", Image Vis.
-    Comput. 27(10) (2009), doi:10.1016/j.imavis.2007.12.002. Images min-max stretched to 0..255
-    and rounded; CSF S(r) = exp(-(r/f0)^2) - a exp(-(r/f1)^2), f0 = 15.3870, f1 = 1.3456,
-    a = 0.7622, on the freqspace grid scaled by size/30; local contrast |G1*I / G2*I - 1| with
-    31x31 unnormalised Gaussians (sigma 2, 4, zero padding); masking k C^p / (h C^q + Z) with
-    k = h = 1, p = 3, q = 2, Z = 1e-4; saliency lambda_X = C'_X^2 / (C'_A^2 + C'_B^2).
-    Where both contrasts of a ratio are 0 it counts as 1 and lambda as 1/2 (the MATLAB code
-    yields NaN there). In flat background far from any structure the filtered image is only FFT
-    round-off, so those pixels' contrasts are numerical noise in every implementation.
-    """
+def _qcb(a: Array, b: Array, f: Array, fft2: Fft2 = np.fft.fft2, ifft2: Fft2 = np.fft.ifft2) -> float:
+    """``qcb`` with the 2-D FFT pair as a parameter (the tests replay the reference's FFTW calls)."""
     a, b, f = check_triple(a, b, f, "Qcb")
-    csf_r = freqspace_radius(a.shape, 30.0)
-    csf = np.exp(-((csf_r / QCB_F0) ** 2)) - QCB_A * np.exp(-((csf_r / QCB_F1) ** 2))
+    csf = _chen_blum_csf(a.shape)
     g1, g2 = _unnormalised_gaussian_1d(2.0), _unnormalised_gaussian_1d(4.0)
-    ca, cb, cf = (_masked_contrast(minmax_stretch(x), csf, g1, g2) for x in (a, b, f))
+    ca, cb, cf = (_masked_contrast(ifft2(fft2(minmax_stretch(x)) * csf), g1, g2) for x in (a, b, f))
     wa, wb = ca * ca, cb * cb
     with np.errstate(divide="ignore", invalid="ignore"):
         lam_a = np.where(wa + wb > 0, wa / (wa + wb), 0.5)
     q = lam_a * _ratio(ca, cf) + (1.0 - lam_a) * _ratio(cb, cf)
     return float(q.mean())
+
+
+def qcb(a: Array, b: Array, f: Array) -> float:
+    """Qcb (Chen-Blum), the perceptual contrast-preservation quality of F. Higher is better.
+
+    Each image is min-max stretched to 0..255 and rounded, then filtered in the frequency domain
+    with the DoG contrast sensitivity S(r) = exp(-(r/f0)^2) - a exp(-(r/f1)^2) (f0 = 15.3870,
+    f1 = 1.3456, a = 0.7622) on MATLAB's ``freqspace`` grid scaled by size/30. Local contrast is
+    C = |G1*I / G2*I - 1| with 31x31 unnormalised Gaussians (sigma 2 and 4, zero padding), masked
+    as C' = k C^p / (h C^q + Z) with k = h = 1, p = 3, q = 2, Z = 1e-4. Per pixel,
+    Q = lambda_A min/max(C'_A, C'_F) + lambda_B min/max(C'_B, C'_F) with saliency
+    lambda_X = C'_X^2 / (C'_A^2 + C'_B^2); Qcb is the mean of Q. Where both contrasts of a ratio
+    are 0 it counts as 1 and lambda as 1/2 (the MATLAB code yields NaN there).
+
+    Args:
+        a: anatomical source (MRI), 2-D, float64, values 0..255.
+        b: functional source (SPECT/PET Y channel) or CT, same shape and range.
+        f: fused image, same shape and range.
+
+    Returns:
+        Qcb in [0, 1]; 1 when F equals both sources.
+
+    Raises:
+        MedfuseError: (from ``check_triple``) when the inputs are not three finite 2-D arrays of
+            one shape on the 0..255 scale.
+
+    References:
+        Chen & Blum, "A new automated quality assessment algorithm for image fusion", Image Vis.
+        Comput. 27(10) (2009), doi:10.1016/j.imavis.2007.12.002. Matches Liu's
+        ``metricChenBlum`` (imageFusionMetrics), copied unchanged as VIFB ``metricsQcb``: its
+        size/30 DoG band and p = 3; values as Octave 7.3 prints them for that code.
+
+    Numerics: far from any structure (large empty backgrounds) G1*I and G2*I are as small as the
+    FFT's round-off (~1e-14 for values up to 255), so there C, and Qcb with it, depends on the last
+    bits of S and of the FFT: changing only the ``exp`` or only the FFT library moves Octave's value
+    by up to 1e-3 on the reference triples and by 1e-2 on mostly empty images. The reference, run
+    in Octave, evaluates S with the C library's ``exp`` and keeps the complex ``ifft2`` output
+    through the contrast, so we do the same (numpy's AVX-512 ``exp`` differs in the last bit and
+    made our value depend on the CPU, by 5e-4 on PET-MRI). With the reference's FFT (FFTW, replayed in the tests) we equal
+    Octave's values to 1e-10; with numpy's FFT the gap left is FFT round-off, up to 6.7e-4 on the
+    reference triples (1.15e-3 before).
+    """
+    return _qcb(a, b, f)
 
 
 QCV_ALPHA = 5

@@ -12,7 +12,9 @@ metadata says ``normalization: per-image``.
 Our choices where their code gives none that fits: images are shuffled each epoch (their loader
 did not shuffle); a non-square image is cropped at random to 32 x 32 after resizing (theirs were
 all square); augmentation and order come from a generator seeded by (seed, epoch), so a resumed
-run continues exactly as an uninterrupted one would.
+run continues exactly as an uninterrupted one would; optionally a cosine learning-rate schedule
+and a held-out loss per epoch (``LYWNetConfig``). The run (folder, resume, budget, provenance,
+events) is ``training.run.Run``.
 """
 
 from __future__ import annotations
@@ -20,46 +22,25 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
-from medfuse_cli.errors import MedfuseError
+from medfuse_cli.errors import InputError
 from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, LYWNet
+from medfuse_cli.training.config import LYWNetConfig
+from medfuse_cli.training.events import Listener, StepDone, ignore
 from medfuse_cli.training.patches import load_pairs
-from medfuse_cli.training.provenance import git_commit
-from medfuse_cli.training.resume import load_training_state, save_training_state
+from medfuse_cli.training.run import Run, RunFiles, RunSettings
 from medfuse_cli.weights import read_checkpoint, write_checkpoint
 
 STATE_FILE = "lywnet-state.safetensors"
 WEIGHTS_FILE = "lywnet.safetensors"
+RUN_FILES = RunFiles(state=STATE_FILE, weights=WEIGHTS_FILE, config_key="options")
 LOSS_WEIGHTS = (1.0, 25.0, 4.0)
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]).view(1, 1, 3, 3)
-
-
-@dataclass
-class LYWNetTrainingOptions:
-    """Everything that defines a run; stored in the checkpoint so the run can be repeated."""
-
-    epochs: int = 5
-    batch_size: int = 16
-    learning_rate: float = 1e-4
-    lr_schedule: str = "constant"  # or "cosine": from learning_rate down to min_lr over all epochs
-    min_lr: float = 0.0
-    size: int = 32
-    seed: int = 0
-    device: str = "cpu"
-    monitor: list[str] = field(default_factory=list)  # pair folders for a held-out loss per epoch
-    max_minutes: float | None = None
-    resume: bool = False
-    command: str = ""
-    data: list[str] = field(default_factory=list)
 
 
 def autoencoder_loss(out: Tensor, target: Tensor) -> tuple[Tensor, dict[str, float]]:
@@ -88,21 +69,17 @@ def augment(y: Tensor, size: int, generator: torch.Generator) -> Tensor:
     return y[:, top : top + size, left : left + size].clamp(0.0, 1.0)
 
 
-def learning_rate_at(options: LYWNetTrainingOptions, step: int, total_steps: int) -> float:
+def learning_rate_at(config: LYWNetConfig, step: int, total_steps: int) -> float:
     """The learning rate of optimizer step ``step`` (0-based) of ``total_steps``.
 
     ``constant``: the authors' fixed rate. ``cosine``: half a cosine from ``learning_rate`` to
     ``min_lr`` over the planned steps (Loshchilov & Hutter, SGDR, ICLR 2017, without restarts),
     our change to reach the authors' reconstruction loss in far fewer epochs on a CPU.
     """
-    if options.lr_schedule == "constant":
-        return options.learning_rate
-    if options.lr_schedule != "cosine":
-        raise MedfuseError(f"unknown --lr-schedule '{options.lr_schedule}' (choose constant or cosine)")
+    if config.lr_schedule == "constant":
+        return config.learning_rate
     progress = min(step / max(total_steps, 1), 1.0)
-    return options.min_lr + 0.5 * (options.learning_rate - options.min_lr) * (
-        1 + math.cos(math.pi * progress)
-    )
+    return config.min_lr + 0.5 * (config.learning_rate - config.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def held_out_batch(images: list[Tensor], size: int) -> Tensor:
@@ -141,110 +118,94 @@ def held_out_loss(model: LYWNet, batch: Tensor, chunk: int = 32) -> dict[str, fl
 
 
 def training_images(data_dirs: list[Path]) -> list[Tensor]:
-    """Every Y image of the pairs under ``data_dirs``: both modalities, as (1, H, W) tensors."""
+    """Every Y image of the pairs under ``data_dirs``: both modalities, (1, H, W) float32 in [0, 1].
+
+    Raises:
+        InputError: the folders hold no pairs, or what ``patches.load_pairs`` refuses.
+    """
     pairs = load_pairs([Path(d) for d in data_dirs])
     images = pairs.anatomical + pairs.functional
     if not images:
-        raise MedfuseError("no training images found")
+        raise InputError("no training images found")
     return images
 
 
-def train_lywnet(
-    data_dirs: list[Path],
-    out_dir: Path,
-    options: LYWNetTrainingOptions,
-    quiet: bool = False,
-) -> Path:
-    """Train (or resume) a run in ``out_dir``; returns the weights file written after each epoch.
+def train_lywnet(config: LYWNetConfig, settings: RunSettings, on_event: Listener = ignore) -> Path:
+    """Train (or resume) LYWNet as an autoencoder in ``settings.out``.
 
-    A rich progress bar shows loss and images/s, and a line per epoch is printed; ``quiet``
-    silences both.
+    Args:
+        config: what the run learns (see ``LYWNetConfig``; values from a recipe).
+        settings: how this session runs: folder, data, device, threads, budget, resume.
+        on_event: receives the run's events (``training.events``).
+
+    Returns:
+        The weights file (``lywnet.safetensors`` in the run folder), rewritten after every epoch.
+
+    Raises:
+        InputError: bad data or monitor folders (the message names ``--monitor``), a run that
+            cannot be started or resumed as asked (see ``Run``), or a budget that allows no epoch.
+        CheckpointError: the run's saved files cannot be read.
     """
-    log: Callable[[str], None] = (lambda _: None) if quiet else print
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    options.data = [str(d) for d in data_dirs]
-    images = training_images(data_dirs)
-    device = torch.device(options.device)
-    monitor = (
-        held_out_batch(training_images([Path(d) for d in options.monitor]), options.size)
-        if options.monitor
-        else None
-    )
-    torch.manual_seed(options.seed)
-    model = LYWNet().train().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
-    state_path = out_dir / STATE_FILE
-    record = {"epochs_done": 0, "seconds": 0.0, "log": [], "images": len(images), "git_commit": git_commit()}
-    if options.resume:
-        if not state_path.is_file():
-            raise MedfuseError(f"nothing to resume: {state_path} does not exist")
-        state = load_training_state(state_path)
-        model.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
-        record = state.progress
-        log(f"resuming after epoch {record['epochs_done']} ({record['seconds'] / 60:.1f} min so far)")
-    elif state_path.exists():
-        raise MedfuseError(f"{state_path} exists: pass --resume to continue it, or choose another --out")
+    with Run(settings, RUN_FILES, config, on_event) as run:
+        images = training_images(run.data)
+        monitor = _held_out(config).to(run.device) if config.monitor else None
+        run.message(
+            f"{len(images)} training images"
+            + (f", {len(monitor)} held-out images for the loss per epoch" if monitor is not None else "")
+        )
+        torch.manual_seed(config.seed)
+        model = LYWNet().train().to(run.device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+        run.restore(model, optimizer)
+        run.progress.setdefault("log", [])
+        run.progress.setdefault("images", len(images))
 
-    started = time.monotonic()
-    budget = None if options.max_minutes is None else options.max_minutes * 60
-    steps = math.ceil(len(images) / options.batch_size)
-    columns = (
-        TextColumn("epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.1f} img/s"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, disable=quiet) as bar:
-        for epoch in range(record["epochs_done"] + 1, options.epochs + 1):
-            last = record["log"][-1]["seconds"] if record["log"] else None
-            spent = time.monotonic() - started
-            if budget is not None and (spent >= budget or (last is not None and spent + last > budget)):
-                log(f"stopping before epoch {epoch}: --max-minutes {options.max_minutes} would be exceeded")
-                break
-            task = bar.add_task("train", total=steps, epoch=f"{epoch}/{options.epochs}", loss=0.0, rate=0.0)
-            entry = _train_epoch(model, optimizer, images, options, epoch, partial(bar.update, task))
+        def train_epoch(epoch: int) -> dict[str, float]:
+            entry = _train_epoch(model, optimizer, images, config, epoch, run.emit)
             if monitor is not None:
-                entry["held_out"] = held_out_loss(model, monitor.to(device))
-            record["epochs_done"] = epoch
-            record["seconds"] = record["seconds"] + entry["seconds"]
-            record["log"].append(entry)
-            save_training_state(state_path, model, optimizer, record)
-            write_checkpoint(out_dir / WEIGHTS_FILE, model.state_dict(), _metadata(model, options, record))
-            held = f", held-out loss {entry['held_out']['loss']:.4f}" if "held_out" in entry else ""
-            log(
-                f"epoch {epoch}: loss {entry['loss']:.4f} (mse {entry['mse']:.4f}, cosine "
-                f"{entry['cosine']:.4f}, edge {entry['edge']:.4f}){held}, lr {entry['lr']:.2e}, "
-                f"{entry['images_per_second']:.1f} img/s"
-            )
-    if record["epochs_done"] == 0:
-        raise MedfuseError("no epoch finished: raise --max-minutes")
-    return out_dir / WEIGHTS_FILE
+                entry["held_out"] = held_out_loss(model, monitor)
+            run.progress["log"].append(entry)
+            return _summary(entry)
+
+        return run.train(
+            model, optimizer, config.epochs, train_epoch, lambda: _metadata(model, config, run.progress)
+        )
+
+
+def _held_out(config: LYWNetConfig) -> Tensor:
+    """The monitor folders' images at the training size (``held_out_batch``).
+
+    Raises:
+        InputError: a folder is missing or holds no pairs, naming ``--monitor``.
+    """
+    try:
+        images = training_images([Path(folder) for folder in config.monitor])
+    except InputError as exc:
+        raise InputError(f"--monitor: {exc}") from None
+    return held_out_batch(images, config.size)
 
 
 def _train_epoch(
     model: LYWNet,
     optimizer: torch.optim.Optimizer,
     images: list[Tensor],
-    options: LYWNetTrainingOptions,
+    config: LYWNetConfig,
     epoch: int,
-    update: Callable[..., None],
+    emit: Listener,
 ) -> dict:
-    """One pass over every image in a seeded random order; returns the epoch's mean losses."""
-    generator = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
+    """One pass over every image in a seeded random order; returns the epoch's log entry."""
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     order = torch.randperm(len(images), generator=generator).tolist()
     totals = {"loss": 0.0, "mse": 0.0, "cosine": 0.0, "edge": 0.0}
     started = time.monotonic()
     device = next(model.parameters()).device
-    steps = math.ceil(len(order) / options.batch_size)
-    for step, start in enumerate(range(0, len(order), options.batch_size)):
-        lr = learning_rate_at(options, (epoch - 1) * steps + step, options.epochs * steps)
+    steps = math.ceil(len(order) / config.batch_size)
+    for step, start in enumerate(range(0, len(order), config.batch_size)):
+        lr = learning_rate_at(config, (epoch - 1) * steps + step, config.epochs * steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        chunk = order[start : start + options.batch_size]
-        batch = torch.stack([augment(images[i], options.size, generator) for i in chunk]).to(device)
+        chunk = order[start : start + config.batch_size]
+        batch = torch.stack([augment(images[i], config.size, generator) for i in chunk]).to(device)
         loss, parts = autoencoder_loss(model.autoencode(batch), batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -252,7 +213,7 @@ def _train_epoch(
         for key, value in {"loss": loss.item(), **parts}.items():
             totals[key] += value * len(chunk)
         done = start + len(chunk)
-        update(advance=1, loss=totals["loss"] / done, rate=done / (time.monotonic() - started))
+        emit(StepDone(epoch, step + 1, steps, totals["loss"] / done, done / (time.monotonic() - started)))
     seconds = time.monotonic() - started
     entry = {key: value / len(order) for key, value in totals.items()}
     entry.update(
@@ -261,35 +222,43 @@ def _train_epoch(
     return entry
 
 
+def _summary(entry: dict) -> dict[str, float]:
+    """An epoch's log entry as the flat numbers of ``EpochFinished``, in the order shown."""
+    summary = {key: entry[key] for key in ("loss", "mse", "cosine", "edge")}
+    if "held_out" in entry:
+        summary["held_out_loss"] = entry["held_out"]["loss"]
+    summary.update(lr=entry["lr"], images_per_second=entry["images_per_second"])
+    return summary
+
+
 def finalize_checkpoint(run_weights: Path, out_path: Path, test_metrics: dict) -> None:
     """Publish a run's weights at ``out_path`` with its test-split metrics in the metadata.
 
     ``test_metrics`` is what ``medfuse evaluate --json`` reported for the run's fused test
     images; the tensors and the training metadata are copied unchanged.
+
+    Raises:
+        CheckpointError: ``run_weights`` cannot be read.
+        OSError: ``out_path`` cannot be written.
     """
     loaded = read_checkpoint(run_weights)
     metadata = loaded.metadata | {"test_metrics": json.dumps(test_metrics, sort_keys=True)}
     write_checkpoint(out_path, loaded.tensors, metadata)
 
 
-def _metadata(model: LYWNet, options: LYWNetTrainingOptions, record: dict) -> dict[str, str]:
+def _metadata(model: LYWNet, config: LYWNetConfig, progress: dict) -> dict[str, str]:
+    """LYWNet's checkpoint metadata (the run adds provenance, options, epochs, wall time)."""
+    schedule = f"{config.lr_schedule} to {config.min_lr}" if config.lr_schedule == "cosine" else "constant"
     return {
         "network": "LYWNet",
         "format": OWN_FORMAT,
         "normalization": PER_IMAGE,
         "parameters": str(sum(p.numel() for p in model.parameters())),
-        "command": options.command,
-        "data": json.dumps(options.data),
-        "images": str(record["images"]),
-        "epochs": str(record["epochs_done"]),
+        "images": str(progress["images"]),
         "schedule": (
-            f"autoencoder, {record['epochs_done']} of {options.epochs} epochs over {record['images']} Y "
-            f"images, Adam lr {options.learning_rate} ({options.lr_schedule}"
-            f"{f' to {options.min_lr}' if options.lr_schedule == 'cosine' else ''}), batch {options.batch_size}, {options.size} px, "
+            f"autoencoder, {progress['epochs_done']} of {config.epochs} epochs over {progress['images']} Y "
+            f"images, Adam lr {config.learning_rate} ({schedule}), batch {config.batch_size}, {config.size} px, "
             f"loss weights {LOSS_WEIGHTS}"
         ),
-        "wall_time_minutes": f"{record['seconds'] / 60:.1f}",
-        "git_commit": record["git_commit"],  # the code the run started from
-        "training_log": json.dumps(record["log"]),
-        "options": json.dumps(asdict(options)),
+        "training_log": json.dumps(progress["log"]),
     }

@@ -1,9 +1,9 @@
 """Training pairs and the patches cut from them, with candidate labels from fusers and folders.
 
-A data folder is laid out like ``harvard/<PAIR>/train/``: an ``MRI`` folder and one folder of the
-second modality (SPECT, PET or CT), paired by file name. Images are kept whole as Y tensors;
-a patch is (image, top, left), so candidates and labels are crops of whole-image fusions: the
-same pixels a fuser or another tool produced for the full slice.
+Training data is found by ``medfuse_cli.pairs`` from its train split (``harvard/<PAIR>/train/``:
+an ``MRI`` folder and one folder of the second modality, paired by file name). Images are kept
+whole as Y tensors; a patch is (image, top, left), so candidates and labels are crops of
+whole-image fusions: the same pixels a fuser or another tool produced for the full slice.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from medfuse_cli import pairs as layout
 from medfuse_cli.color import split_luma
 from medfuse_cli.errors import MedfuseError
-from medfuse_cli.io import IMAGE_SUFFIXES, pair_folders, read_image
+from medfuse_cli.io import read_image
 
-SECOND_MODALITIES = ("SPECT", "PET", "CT")
+SPLIT: layout.Split = "train"
 
 
 @dataclass
@@ -29,24 +30,7 @@ class PairSet:
     anatomical: list[Tensor]
     functional: list[Tensor]
     second_is_color: list[bool]
-
-
-def find_pair_folders(data: Path) -> list[tuple[Path, Path]]:
-    """(MRI folder, second-modality folder) for ``data`` or for each of its sub-folders."""
-    data = Path(data)
-    if not data.is_dir():
-        raise MedfuseError(f"data folder not found: {data}")
-    candidates = [data, *sorted(p for p in data.iterdir() if p.is_dir())]
-    found = []
-    for folder in candidates:
-        seconds = [folder / m for m in SECOND_MODALITIES if (folder / m).is_dir()]
-        if (folder / "MRI").is_dir() and len(seconds) == 1:
-            found.append((folder / "MRI", seconds[0]))
-    if not found:
-        raise MedfuseError(
-            f"{data} holds no MRI/ + SPECT|PET|CT/ folders (expected the layout of harvard/<PAIR>/train/)"
-        )
-    return found
+    sources: list[layout.PairSet]  # the pair sets read, in the order of the entries
 
 
 def _y_tensor(path: Path) -> tuple[Tensor, bool]:
@@ -56,15 +40,29 @@ def _y_tensor(path: Path) -> tuple[Tensor, bool]:
 
 
 def load_pairs(folders: list[Path]) -> PairSet:
-    """Read every pair under the given data folders (each as ``find_pair_folders`` accepts)."""
-    pairs = PairSet(names=[], anatomical=[], functional=[], second_is_color=[])
+    """Read every pair of the train split under the given data folders.
+
+    Args:
+        folders: Pair sets or their parents (see ``medfuse_cli.pairs.find_pair_sets``); where
+            ``train/`` and ``test/`` sit side by side only ``train/`` is read.
+
+    Returns:
+        The pairs' Y planes in [0, 1], float32, each (1, H, W), in folder and file-stem order.
+
+    Raises:
+        MedfuseError: No pair set is found, folders do not pair up, an image cannot be read, or
+            a pair's sizes differ.
+    """
+    pairs = PairSet(names=[], anatomical=[], functional=[], second_is_color=[], sources=[])
     for data in folders:
-        for mri_dir, second_dir in find_pair_folders(data):
-            for stem, mri_path, second_path in pair_folders(mri_dir, second_dir):
-                (anatomical, _), (functional, is_color) = _y_tensor(mri_path), _y_tensor(second_path)
+        pair_sets, _ = layout.find_pair_sets(data, SPLIT)
+        for pair_set in pair_sets:
+            pairs.sources.append(pair_set)
+            for files in pair_set.pairs:
+                (anatomical, _), (functional, is_color) = _y_tensor(files.mri), _y_tensor(files.second)
                 if anatomical.shape != functional.shape:
-                    raise MedfuseError(f"{stem}: MRI and {second_dir.name} sizes differ")
-                pairs.names.append(f"{mri_dir.parent}/{stem}")
+                    raise MedfuseError(f"{files.name}: MRI and {files.second.parent.name} sizes differ")
+                pairs.names.append(f"{pair_set.folder}/{files.name}")
                 pairs.anatomical.append(anatomical)
                 pairs.functional.append(functional)
                 pairs.second_is_color.append(is_color)
@@ -72,33 +70,27 @@ def load_pairs(folders: list[Path]) -> PairSet:
 
 
 def read_label_folder(folder: Path, pairs: PairSet) -> list[Tensor]:
-    """Y of the fused image another tool made for each pair, found by file stem in ``folder``.
+    """Y of the fused image another tool made for each training pair.
 
-    ``folder`` may hold the images directly or mirror the data's pair folders
-    (``<folder>/<PAIR>/train/<stem>.png``, as ``../shared/labels/<METHOD>/`` does); a stem is
-    looked up under the sub-folder whose path ends like the pair's data folder.
+    Args:
+        folder: The tool's output, holding the images directly or mirroring the data's layout
+            (``<folder>/<PAIR>/train/<stem>.png``, as ``../shared/labels/<METHOD>/`` does); see
+            ``medfuse_cli.pairs.find_fused``.
+        pairs: The training pairs the labels are for.
+
+    Returns:
+        One (1, H, W) float32 Y tensor in [0, 1] per pair, in the order of ``pairs``.
+
+    Raises:
+        MedfuseError: The folder is missing, an image is missing or ambiguous, or a label's size
+            differs from its pair's.
     """
-    index: dict[str, list[Path]] = {}
-    if not Path(folder).is_dir():
-        raise MedfuseError(f"label folder not found: {folder}")
-    for path in sorted(Path(folder).rglob("*")):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            index.setdefault(path.stem, []).append(path)
+    paths = [path for pair_set in pairs.sources for path in layout.find_fused(folder, pair_set, SPLIT)]
     labels = []
-    for name, anatomical in zip(pairs.names, pairs.anatomical, strict=True):
-        data_dir, stem = name.rsplit("/", 1)
-        found = index.get(stem, [])
-        if len(found) > 1:
-            tail = Path(data_dir).parts[-2:]
-            found = [p for p in found if p.parent.parts[-len(tail) :] == tail] or found
-        if len(found) != 1:
-            what = "no" if not found else "several"
-            raise MedfuseError(f"label folder {folder} has {what} image(s) for {stem}")
-        label, _ = _y_tensor(found[0])
+    for path, anatomical in zip(paths, pairs.anatomical, strict=True):
+        label, _ = _y_tensor(path)
         if label.shape != anatomical.shape:
-            raise MedfuseError(
-                f"{found[0]} is {tuple(label.shape[1:])}, its pair {tuple(anatomical.shape[1:])}"
-            )
+            raise MedfuseError(f"{path} is {tuple(label.shape[1:])}, its pair {tuple(anatomical.shape[1:])}")
         labels.append(label)
     return labels
 

@@ -5,18 +5,19 @@
    fusers and by other tools' folders) with s(F) = SSIM(F, MRI) + SSIM(F, functional), plus
    ``detail_weight`` × a detail score (ours: by s alone the averaging rule wins most patches
    and its weak edges are what the network learns); a labelled patch starts with its best
-   candidate.
+   candidate (``training.labels``).
 3. Each iteration trains ``epochs`` epochs on every patch that has a label (L1 + 1 − SSIM toward
    the label, plus ``gradient_weight`` × an edge term, see ``losses.fusion_loss``), then runs
    the network on every patch: an unlabelled patch whose output scores ≥ ``admit`` × its best
    candidate's score gets the output as its pseudo label; a label is displaced by the output
    when the output scores ≥ ``displace`` × the label's score.
 4. Each iteration's log (labels added and replaced, mean label score, validation metrics on
-   held-out training pairs) is printed and kept in the checkpoints' metadata.
+   held-out training pairs) is emitted as a message and kept in the checkpoints' metadata.
 
-State is saved after every epoch and after every label update, so ``resume`` continues exactly:
-per-epoch shuffles come from (seed, epoch), and a pending label update is recomputed from the
-saved weights, which gives the same labels.
+The run (folder, resume, budget, provenance, events) is ``training.run.Run``. State is saved
+after every epoch and after every label update, so a resume continues exactly: per-epoch
+shuffles come from (seed, epoch), and a pending label update is recomputed from the saved
+weights, which gives the same labels.
 """
 
 from __future__ import annotations
@@ -24,353 +25,201 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors import safe_open
-from torch import Tensor
 
-from medfuse_cli.errors import MedfuseError
+from medfuse_cli.errors import InputError
 from medfuse_cli.fusers.lwnet import CHECKPOINT_FORMAT, LWNet
-from medfuse_cli.fusers.registry import get_fuser_spec
 from medfuse_cli.metrics.gradient import qabf
 from medfuse_cli.metrics.structural import ssim as ssim_metric
 from medfuse_cli.metrics.visual import vif
+from medfuse_cli.training.config import SPIConfig
+from medfuse_cli.training.events import Listener, StepDone, ignore
+from medfuse_cli.training.labels import (
+    SCORE_BATCH,
+    LabelSet,
+    candidate_labels,
+    initial_labels,
+    read_labels,
+    save_labels,
+)
 from medfuse_cli.training.losses import fusion_loss, label_score
-from medfuse_cli.training.patches import PairSet, Patches, load_pairs, make_patches, read_label_folder
-from medfuse_cli.training.provenance import git_commit
-from medfuse_cli.training.resume import load_training_state, save_training_state
-from medfuse_cli.weights import resolve_checkpoint, write_checkpoint
+from medfuse_cli.training.patches import PairSet, Patches, load_pairs, make_patches
+from medfuse_cli.training.run import Run, RunFiles, RunSettings
 
 STATE_FILE = "train-state.safetensors"
 LABELS_FILE = "spi-labels.safetensors"
 WEIGHTS_FILE = "lwnet.safetensors"
-NETWORK_LABEL = -2  # label source of a pseudo label (a network output); -1 means no label
-_SCORE_BATCH = 64
-_RUNTIME_FIELDS = ("out", "resume", "quiet", "max_minutes")
+RUN_FILES = RunFiles(state=STATE_FILE, weights=WEIGHTS_FILE, config_key="config")
 
 
-@dataclass
-class SPIConfig:
-    """Everything that defines an SPI run; stored in the checkpoints so a resume reuses it."""
+def train_lwnet(config: SPIConfig, settings: RunSettings, on_event: Listener = ignore) -> Path:
+    """Run (or resume) SPI training of LWNet in ``settings.out``.
 
-    data: list[str]
-    out: str
-    label_fusers: list[str] = field(default_factory=list)
-    label_dirs: dict[str, str] = field(default_factory=dict)
-    iterations: int = 10
-    epochs: int = 10
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    patch_size: int = 120
-    stride: int = 68
-    labelled_fraction: float = 0.5
-    val_fraction: float = 0.1
-    displace: float = 1.10
-    admit: float = 1.00
-    # Defaults: the shipped checkpoints' recipe (weights/MODEL_CARD.md). 1.0 / 0 / 0.25 trained
-    # the current network to copy the MRI.
-    gradient_weight: float = 0.5  # edge loss; 0 gives the plain L1 + (1 - SSIM) recipe
-    intensity_weight: float = 2.0  # loss toward max(MRI, functional); 0 leaves it out
-    detail_weight: float = 0.1  # detail term of the label score; 0 gives the paper's SSIM sum
-    min_mean: float = 0.02
-    seed: int = 0
-    command: str = ""
-    max_minutes: float | None = None
-    resume: bool = False
-    quiet: bool = False
+    Args:
+        config: what the run learns (see ``SPIConfig``; values from a recipe).
+        settings: how this session runs: folder, data, device, threads, budget, resume.
+        on_event: receives the run's events (``training.events``).
 
+    Returns:
+        The weights file (``lwnet.safetensors`` in the run folder), rewritten after every epoch.
 
-@dataclass
-class LabelSet:
-    """Per patch: its label image (a crop or a stored network output), source and score."""
+    Raises:
+        InputError: bad data or label folders, a run that cannot be started or resumed as
+            asked (see ``Run``), or a budget that allows no epoch.
+        CheckpointError: a label fuser's checkpoint or the run's saved files cannot be read.
+    """
+    with Run(settings, RUN_FILES, config, on_event) as run:
+        torch.manual_seed(config.seed)
+        pairs = load_pairs(run.data)
+        train_images, val_images = split_images(len(pairs.names), config.val_fraction, config.seed)
+        patches = make_patches(pairs, train_images, config.patch_size, config.stride, config.min_mean)
+        candidates, names = candidate_labels(pairs, config.label_fusers, config.label_dirs, run.device)
+        run.message(
+            f"{len(pairs.names)} pairs ({len(train_images)} train, {len(val_images)} validation), "
+            f"{len(patches)} patches of {config.patch_size}², candidates: {', '.join(names)}"
+        )
+        labels = initial_labels(
+            pairs,
+            patches,
+            candidates,
+            config.detail_weight,
+            config.labelled_fraction,
+            config.seed,
+            run.device,
+        )
+        labelled = int(labels.labelled.sum())
+        run.message(f"{labelled} labelled and {len(patches) - labelled} unlabelled patches")
+        run.progress.setdefault("log", [])
+        run.progress.setdefault("losses", [])
+        run.progress["initial_wins"] = {name: int((labels.source == k).sum()) for k, name in enumerate(names)}
 
-    source: Tensor  # (P,) int64: candidate index, NETWORK_LABEL, or -1 for none
-    score: Tensor  # (P,) float32: label score of the current label (-inf when none)
-    best_candidate: Tensor  # (P,) float32: the best candidate's score, the bar for admission
-    pseudo: dict[int, Tensor]  # patch row -> (1, S, S) network output used as its label
-    version: int = 0  # number of SPI updates applied
+        model = LWNet().to(run.device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+        run.restore(model, optimizer)
+        if run.resumed and (run.out / LABELS_FILE).is_file():
+            labels, log = read_labels(run.out / LABELS_FILE, labels.best_candidate)
+            if len(log) > len(run.progress["log"]):  # the update was saved, the state after it not
+                run.progress["log"] = log
 
-
-def train_lwnet(config: SPIConfig) -> Path:
-    """Run (or resume) SPI training; returns the path of the weights file in ``config.out``."""
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    console = Console(stderr=True, quiet=config.quiet)
-    state_path = out / STATE_FILE
-    progress: dict = {"epochs_done": 0, "seconds": 0.0, "log": [], "losses": [], "initial_wins": {}}
-    if config.resume:
-        if not state_path.is_file():
-            raise MedfuseError(f"nothing to resume: {state_path} does not exist")
-        saved = load_training_state(state_path)
-        progress = saved.progress
-        stored = SPIConfig(**progress["config"])
-        config = SPIConfig(**{**asdict(stored), **{k: getattr(config, k) for k in _RUNTIME_FIELDS}})
-        console.print(f"resuming {out} after epoch {progress['epochs_done']}")
-    elif state_path.exists():
-        raise MedfuseError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    _check(config)
-    progress["config"] = asdict(config)
-
-    torch.manual_seed(config.seed)
-    pairs = load_pairs([Path(d) for d in config.data])
-    train_images, val_images = _split_images(len(pairs.names), config.val_fraction, config.seed)
-    patches = make_patches(pairs, train_images, config.patch_size, config.stride, config.min_mean)
-    candidates, candidate_names = _candidates(pairs, config)
-    console.print(
-        f"{len(pairs.names)} pairs ({len(train_images)} train, {len(val_images)} validation), "
-        f"{len(patches)} patches of {config.patch_size}², candidates: {', '.join(candidate_names)}"
-    )
-    labels = _initial_labels(pairs, patches, candidates, config, console)
-    progress["initial_wins"] = {
-        name: int((labels.source == k).sum()) for k, name in enumerate(candidate_names)
-    }
-
-    model = LWNet()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    if config.resume:
-        model.load_state_dict(saved.model)
-        optimizer.load_state_dict(saved.optimizer)
-        labels = _load_labels(out / LABELS_FILE, labels, progress)
-
-    run = _Run(config, pairs, patches, candidates, labels, model, optimizer, progress, console, out)
-    run.loop()
-    return out / WEIGHTS_FILE
+        spi = _SPI(run, config, pairs, patches, candidates, labels, model, optimizer, val_images)
+        return run.train(
+            model,
+            optimizer,
+            config.iterations * config.epochs,
+            spi.train_epoch,
+            spi.metadata,
+            spi.between_epochs,
+        )
 
 
-def _check(config: SPIConfig) -> None:
-    if config.iterations < 1 or config.epochs < 1:
-        raise MedfuseError("--iterations and --epochs must be at least 1")
-    if not 0 < config.labelled_fraction <= 1:
-        raise MedfuseError("--labelled-fraction must be in (0, 1]")
-    if not 0 <= config.val_fraction < 1:
-        raise MedfuseError("--val-fraction must be in [0, 1)")
-    if not config.label_fusers and not config.label_dirs:
-        raise MedfuseError("SPI needs candidate labels: pass --label-fuser NAME and/or --label-dir NAME=DIR")
+def split_images(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Hold out a reproducible share of the training pairs for validation metrics.
 
+    Returns:
+        The indices of the training pairs and of the held-out ones, each sorted.
 
-def _split_images(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Hold out a reproducible share of the training pairs for validation metrics."""
+    Raises:
+        InputError: the share leaves no training pair.
+    """
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
     held = round(count * val_fraction)
     if held and count - held < 1:
-        raise MedfuseError("--val-fraction leaves no training pairs")
+        raise InputError("--val-fraction leaves no training pairs")
     return sorted(order[held:]), sorted(order[:held])
 
 
-def _candidates(pairs: PairSet, config: SPIConfig) -> tuple[list[list[Tensor]], list[str]]:
-    """Whole-image candidate labels: one list of (1, H, W) Y tensors per fuser or folder."""
-    candidates, names = [], []
-    for name in config.label_fusers:
-        candidates.append(_fuse_all(name, pairs))
-        names.append(name)
-    for name, folder in config.label_dirs.items():
-        candidates.append(read_label_folder(Path(folder), pairs))
-        names.append(name)
-    return candidates, names
-
-
-@torch.inference_mode()
-def _fuse_all(name: str, pairs: PairSet) -> list[Tensor]:
-    """Fuse every whole pair with a registered fuser (networks with their default checkpoint)."""
-    spec = get_fuser_spec(name)
-    fusers: dict[bool, torch.nn.Module] = {}
-    fused = []
-    for a, b, color in zip(pairs.anatomical, pairs.functional, pairs.second_is_color, strict=True):
-        if color not in fusers:
-            loaded = resolve_checkpoint(spec.default_checkpoint(color)) if spec.needs_weights else None
-            fusers[color] = spec.build(loaded, {}).eval()
-        fused.append(fusers[color](a[None], b[None])[0].clamp(0, 1))
-    return fused
-
-
-@torch.inference_mode()
-def _initial_labels(
-    pairs: PairSet, patches: Patches, candidates: list[list[Tensor]], config: SPIConfig, console: Console
-) -> LabelSet:
-    """Score every candidate on every patch; labelled patches take their best candidate."""
-    scores = torch.empty(len(candidates), len(patches))
-    for start in range(0, len(patches), _SCORE_BATCH):
-        rows = torch.arange(start, min(start + _SCORE_BATCH, len(patches)))
-        a, b = patches.crop(pairs.anatomical, rows), patches.crop(pairs.functional, rows)
-        for k, candidate in enumerate(candidates):
-            scores[k, rows] = label_score(patches.crop(candidate, rows), a, b, config.detail_weight)
-    best, best_index = scores.max(dim=0)
-    order = torch.randperm(len(patches), generator=torch.Generator().manual_seed(config.seed + 1))
-    labelled = torch.zeros(len(patches), dtype=torch.bool)
-    labelled[order[: max(1, round(len(patches) * config.labelled_fraction))]] = True
-    source = torch.where(labelled, best_index, torch.full_like(best_index, -1))
-    score = torch.where(labelled, best, torch.full_like(best, -math.inf))
-    console.print(f"{int(labelled.sum())} labelled and {int((~labelled).sum())} unlabelled patches")
-    return LabelSet(source=source, score=score, best_candidate=best, pseudo={})
-
-
-def _save_labels(path: Path, labels: LabelSet, log: list) -> None:
-    rows = sorted(labels.pseudo)
-    tensors = {"source": labels.source, "score": labels.score, "rows": torch.tensor(rows, dtype=torch.int64)}
-    if rows:
-        tensors["pseudo"] = torch.stack([labels.pseudo[r] for r in rows])
-    write_checkpoint(path, tensors, {"version": str(labels.version), "log": json.dumps(log)})
-
-
-def _load_labels(path: Path, initial: LabelSet, progress: dict) -> LabelSet:
-    """The saved label set; its log may be one update ahead of the training state's."""
-    if not path.is_file():
-        return initial
-    with safe_open(str(path), framework="pt") as handle:  # our own file: no pickle sniffing needed
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-        metadata = handle.metadata()
-    rows = tensors["rows"].tolist()
-    pseudo = dict(zip(rows, tensors["pseudo"], strict=True)) if rows else {}
-    log = json.loads(metadata["log"])
-    if len(log) > len(progress["log"]):
-        progress["log"] = log
-    return LabelSet(
-        source=tensors["source"],
-        score=tensors["score"],
-        best_candidate=initial.best_candidate,
-        pseudo=pseudo,
-        version=int(metadata["version"]),
-    )
-
-
-class _Run:
-    """One SPI run's loop: epochs, label updates, validation, checkpoints."""
+class _SPI:
+    """One SPI run's work between the skeleton's saves: epochs, label updates, validation."""
 
     def __init__(
         self,
+        run: Run,
         config: SPIConfig,
         pairs: PairSet,
         patches: Patches,
-        candidates: list[list[Tensor]],
+        candidates: list[list[torch.Tensor]],
         labels: LabelSet,
         model: LWNet,
         optimizer: torch.optim.Optimizer,
-        progress: dict,
-        console: Console,
-        out: Path,
+        val_images: list[int],
     ) -> None:
-        self.config, self.pairs, self.patches, self.candidates = config, pairs, patches, candidates
-        self.labels, self.model, self.optimizer = labels, model, optimizer
-        self.progress, self.console, self.out = progress, console, out
-        self.started = time.monotonic()
-        self.seconds_before = progress["seconds"]
-        _, self.val_images = _split_images(len(pairs.names), config.val_fraction, config.seed)
-        self.commit = git_commit()  # once per session, not a git process per saved epoch
+        self.run, self.config, self.pairs, self.patches = run, config, pairs, patches
+        self.candidates, self.labels, self.model, self.optimizer = candidates, labels, model, optimizer
+        self.val_images = val_images
 
-    def loop(self) -> None:
-        config = self.config
-        total = config.iterations * config.epochs
-        stop_now = False
-        while True:
-            done = self.progress["epochs_done"]
-            finished_iterations = done // config.epochs
-            if done and done % config.epochs == 0 and len(self.progress["log"]) < finished_iterations:
-                self._end_iteration(finished_iterations)
-            if done >= total:
-                self.console.print(f"done: {total} epochs in {self._seconds() / 60:.1f} min")
-                return
-            if stop_now:
-                self.console.print(f"stopped after {config.max_minutes} min; continue with --resume")
-                return
-            loss = self._train_epoch(done)
-            self.progress["epochs_done"] = done + 1
-            self.progress["losses"].append(round(loss, 6))
-            self._save()
-            stop_now = (
-                config.max_minutes is not None and self._seconds_this_session() >= config.max_minutes * 60
-            )
+    def _crops(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MRI and functional crops of patches ``rows`` on the run's device: (B, 1, S, S) each."""
+        device = self.run.device
+        a = self.patches.crop(self.pairs.anatomical, rows).to(device)
+        return a, self.patches.crop(self.pairs.functional, rows).to(device)
 
-    def _seconds_this_session(self) -> float:
-        return time.monotonic() - self.started
-
-    def _seconds(self) -> float:
-        return self.seconds_before + self._seconds_this_session()
-
-    def _train_epoch(self, epoch: int) -> float:
+    def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the labelled patches in an order fixed by (seed, epoch)."""
-        config, patches = self.config, self.patches
-        rows = torch.nonzero(self.labels.source != -1).flatten()
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        config = self.config
+        rows = torch.nonzero(self.labels.labelled).flatten()
+        # 0-based epoch in the seed, as the shipped checkpoints were trained
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch - 1)
         rows = rows[torch.randperm(len(rows), generator=generator)]
         self.model.train()
-        total, batches = 0.0, 0
-        iteration = epoch // config.epochs + 1
-        with self._bar() as bar:
-            task = bar.add_task(
-                f"iteration {iteration}/{config.iterations} epoch {epoch % config.epochs + 1}/{config.epochs}",
-                total=math.ceil(len(rows) / config.batch_size),
+        steps = math.ceil(len(rows) / config.batch_size)
+        total, seen, began = 0.0, 0, time.monotonic()
+        for step, start in enumerate(range(0, len(rows), config.batch_size), 1):
+            batch = rows[start : start + config.batch_size]
+            a, b = self._crops(batch)
+            target = self.labels.images(batch, self.patches, self.candidates).to(self.run.device)
+            loss = fusion_loss(
+                self.model(a, b), target, a, b, config.gradient_weight, config.intensity_weight
             )
-            for start in range(0, len(rows), config.batch_size):
-                batch = rows[start : start + config.batch_size]
-                a = patches.crop(self.pairs.anatomical, batch)
-                b = patches.crop(self.pairs.functional, batch)
-                target = self._label_images(batch)
-                loss = fusion_loss(
-                    self.model(a, b), target, a, b, config.gradient_weight, config.intensity_weight
-                )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                total, batches = total + loss.item(), batches + 1
-                bar.advance(task)
-        return total / max(batches, 1)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total, seen = total + loss.item(), seen + len(batch)
+            rate = seen / max(time.monotonic() - began, 1e-9)
+            self.run.emit(StepDone(epoch, step, steps, total / step, rate))
+        mean = total / max(steps, 1)
+        self.run.progress["losses"].append(round(mean, 6))
+        return {"loss": mean, "patches_per_second": seen / max(time.monotonic() - began, 1e-9)}
 
-    def _label_images(self, rows: Tensor) -> Tensor:
-        images = []
-        for row in rows.tolist():
-            k = int(self.labels.source[row])
-            if k == NETWORK_LABEL:
-                images.append(self.labels.pseudo[row])
-            else:
-                images.append(self.patches.crop(self.candidates[k], torch.tensor([row]))[0])
-        return torch.stack(images)
+    def between_epochs(self) -> None:
+        """After the last epoch of an iteration: its validation and label update, unless done."""
+        done, per_iteration = self.run.progress["epochs_done"], self.config.epochs
+        finished = done // per_iteration
+        if done and done % per_iteration == 0 and len(self.run.progress["log"]) < finished:
+            self._end_iteration(finished)
 
     @torch.inference_mode()
     def _end_iteration(self, iteration: int) -> None:
         """Validation metrics, then (unless this was the last iteration) the SPI label update."""
         self.model.eval()
-        entry: dict = {"iteration": iteration, "epochs": self.progress["epochs_done"]}
+        entry: dict = {"iteration": iteration, "epochs": self.run.progress["epochs_done"]}
         if iteration < self.config.iterations:
             entry.update(self._update_labels())
-        labelled = self.labels.source != -1
+        labelled = self.labels.labelled
         entry["labelled"] = int(labelled.sum())
         entry["mean_label_score"] = round(float(self.labels.score[labelled].mean()), 5)
         entry["validation"] = self._validate()
-        self.progress["log"].append(entry)
+        self.run.progress["log"].append(entry)
         self.labels.version = iteration
-        _save_labels(self.out / LABELS_FILE, self.labels, self.progress["log"])
-        self._save()
-        self.console.print(_describe(entry))
+        save_labels(self.run.out / LABELS_FILE, self.labels, self.run.progress["log"])
+        self.run.save(self.model, self.optimizer, self.metadata())
+        self.run.message(_describe(entry))
 
-    def _update_labels(self) -> dict:
-        """Admit outputs as pseudo labels and displace weaker labels, per the two thresholds."""
-        config, labels = self.config, self.labels
-        added = replaced = 0
-        for start in range(0, len(self.patches), _SCORE_BATCH):
-            rows = torch.arange(start, min(start + _SCORE_BATCH, len(self.patches)))
-            a = self.patches.crop(self.pairs.anatomical, rows)
-            b = self.patches.crop(self.pairs.functional, rows)
+    def _update_labels(self) -> dict[str, int]:
+        """Offer the network's output on every patch as its label (``LabelSet.offer``)."""
+        config, added, replaced = self.config, 0, 0
+        for start in range(0, len(self.patches), SCORE_BATCH):
+            rows = torch.arange(start, min(start + SCORE_BATCH, len(self.patches)))
+            a, b = self._crops(rows)
             output = self.model(a, b)
             scores = label_score(output, a, b, config.detail_weight)
-            for i, row in enumerate(rows.tolist()):
-                unlabelled = int(labels.source[row]) == -1
-                if unlabelled and scores[i] >= config.admit * labels.best_candidate[row]:
-                    added += 1
-                elif not unlabelled and scores[i] >= config.displace * labels.score[row]:
-                    replaced += 1
-                else:
-                    continue
-                labels.source[row] = NETWORK_LABEL
-                labels.score[row] = scores[i]
-                labels.pseudo[row] = output[i].clone()
+            more, fewer = self.labels.offer(rows, output.cpu(), scores.cpu(), config.admit, config.displace)
+            added, replaced = added + more, replaced + fewer
         return {"added": added, "replaced": replaced}
 
-    def _validate(self) -> dict:
+    def _validate(self) -> dict[str, float]:
         """Mean SSIM, Qabf and VIF (project metrics, 8-bit scale) on the held-out pairs, and the
         functional share Σ|F − MRI| / Σ|functional − MRI| (0: the output copies the MRI, 0.5:
         the average, 1: the functional image), which those metrics do not penalise: copying the
@@ -379,9 +228,10 @@ class _Run:
             return {}
         totals = {"SSIM": 0.0, "Qabf": 0.0, "VIF": 0.0}
         moved = apart = 0.0
+        device = self.run.device
         for i in self.val_images:
             a, b = self.pairs.anatomical[i], self.pairs.functional[i]
-            fused = self.model(a[None], b[None])[0]
+            fused = self.model(a[None].to(device), b[None].to(device))[0].cpu()
             moved += float((fused - a).abs().sum())
             apart += float((b - a).abs().sum())
             a8, b8, f8 = (np.rint(x[0].numpy().astype(np.float64) * 255) for x in (a, b, fused))
@@ -391,46 +241,25 @@ class _Run:
         means = {name: round(value / len(self.val_images), 4) for name, value in totals.items()}
         return {**means, "functional_share": round(moved / max(apart, 1e-12), 4)}
 
-    def _bar(self) -> Progress:
-        return Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-            disable=self.config.quiet,
-        )
-
-    def _save(self) -> None:
-        """Training state (to resume) and the weights file (to use), after every epoch."""
-        self.progress["seconds"] = round(self._seconds(), 1)
-        save_training_state(self.out / STATE_FILE, self.model, self.optimizer, self.progress)
-        write_checkpoint(self.out / WEIGHTS_FILE, self.model.state_dict(), self._metadata())
-
-    def _metadata(self) -> dict[str, str]:
+    def metadata(self) -> dict[str, str]:
+        """LWNet's checkpoint metadata (the run adds provenance, config, epochs, wall time)."""
         config = self.config
         return {
             "network": "LWNet",
             "format": CHECKPOINT_FORMAT,
             "parameters": str(sum(p.numel() for p in self.model.parameters())),
-            "data": json.dumps(config.data),
-            "command": config.command,
             "schedule": (
                 f"{config.iterations} SPI iterations x {config.epochs} epochs, Adam lr "
                 f"{config.learning_rate}, batch {config.batch_size}, patches {config.patch_size} "
                 f"stride {config.stride}, thresholds displace {config.displace} admit {config.admit}"
             ),
-            "epochs": str(self.progress["epochs_done"]),
-            "wall_time_minutes": f"{self._seconds() / 60:.1f}",
-            "git_commit": self.commit,
-            "initial_label_wins": json.dumps(self.progress["initial_wins"]),
-            "spi_log": json.dumps(self.progress["log"]),
-            "config": json.dumps(asdict(config)),
+            "initial_label_wins": json.dumps(self.run.progress["initial_wins"]),
+            "spi_log": json.dumps(self.run.progress["log"]),
         }
 
 
 def _describe(entry: dict) -> str:
+    """One line for an SPI iteration's log entry."""
     parts = [f"SPI iteration {entry['iteration']}:"]
     if "added" in entry:
         parts.append(f"+{entry['added']} pseudo labels, {entry['replaced']} replaced,")

@@ -1,8 +1,9 @@
-"""Resumable training state in safetensors + JSON, so resuming never unpickles anything.
+"""The resumable training state file: safetensors tensors + JSON, so resuming never unpickles.
 
-A training run saves after every epoch: the model's tensors, the optimizer's tensors (flattened
-under ``optim/<param index>/<name>``), and everything else (epoch, RNG states, logs, options)
-as JSON in the safetensors header. ``load_training_state`` rebuilds both state dicts.
+A run saves after every epoch: the model's tensors (``model/<name>``), the optimizer's tensors
+(flattened under ``optim/<param index>/<name>``), and everything else (the optimizer's scalars
+and parameter groups, the run's progress record) as JSON in the safetensors header.
+``load_training_state`` rebuilds both state dicts from what ``save_training_state`` wrote.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ _OPTIM = "optim/"
 
 @dataclass
 class TrainingState:
-    """What a run needs to continue exactly where it stopped."""
+    """What a run needs to continue exactly where it stopped.
+
+    Attributes:
+        model: the model's ``state_dict`` (CPU tensors).
+        optimizer: the optimizer's ``state_dict``, ready for ``Optimizer.load_state_dict``.
+        progress: the run's JSON progress record (epochs done, seconds, the trainer's logs).
+    """
 
     model: dict[str, torch.Tensor]
     optimizer: dict
@@ -31,7 +38,11 @@ class TrainingState:
 def save_training_state(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: dict
 ) -> None:
-    """Write model, optimizer and JSON-serialisable ``progress`` atomically to ``path``."""
+    """Write model, optimizer and the JSON-serialisable ``progress`` atomically to ``path``.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
     tensors = {_MODEL + name: t for name, t in model.state_dict().items()}
     optim_state = optimizer.state_dict()
     scalars: dict[str, dict] = {}
@@ -50,7 +61,11 @@ def save_training_state(
 
 
 def load_training_state(path: Path) -> TrainingState:
-    """Read what ``save_training_state`` wrote."""
+    """Read what ``save_training_state`` wrote.
+
+    Raises:
+        CheckpointError: the file is missing, not safetensors, or holds non-finite values.
+    """
     loaded = read_checkpoint(path)
     model = {k[len(_MODEL) :]: v for k, v in loaded.tensors.items() if k.startswith(_MODEL)}
     state: dict[int, dict] = {}

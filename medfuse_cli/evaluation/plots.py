@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medfuse_cli.errors import MedfuseError
-from medfuse_cli.evaluation import PairSetResult, arrow
+from medfuse_cli.errors import InputError
+from medfuse_cli.evaluation.scoring import PairSetResult
+from medfuse_cli.evaluation.tables import arrow
 from medfuse_cli.metrics import METRICS
 
 
@@ -57,7 +58,7 @@ def require_matplotlib():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise MedfuseError("--plot needs matplotlib: pip install 'medfuse[plots]'") from None
+        raise InputError("--plot needs matplotlib: pip install 'medfuse[plots]'") from None
     return plt
 
 

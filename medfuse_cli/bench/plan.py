@@ -1,0 +1,317 @@
+"""The benchmark plan: which fusers, built how, timed on which inputs, reported as which rows.
+
+Each fuser is built exactly as ``medfuse fuse`` builds it (``pipeline.Fusion``: its checkpoint,
+or the one ``--checkpoint``/``--weights`` names, and its thread count). A network whose default
+checkpoint is neither bundled nor downloadable is timed untrained (``pretrained=False``): valid
+for speed (the amount of arithmetic does not depend on the values), silent on quality; its rows
+say so. Nothing is written but the whole-flow row's PNG.
+
+Per fuser and batch size, one row (measured with ``bench.measure``):
+
+- latency of one call ``fuser(anatomical, functional)`` on (N, 1, H, W) Y planes of the bundled
+  example pairs, already on the device, with the fuser's thread count, after untimed warm-up;
+- FLOPs and parameters per pair, and peak memory above what was in use before the inputs;
+- and one more row per fuser, ``<name>+io``, for the whole flow on the bundled SPECT-MRI pair:
+  read both PNGs, split colour, fuse, merge colour, write a PNG to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from medfuse_cli.bench.measure import (
+    TimingBudget,
+    count_flops,
+    count_params,
+    peak_memory,
+    summarise,
+    time_calls,
+)
+from medfuse_cli.errors import CheckpointError, InputError, MedfuseError
+from medfuse_cli.fusers import get_fuser_spec
+from medfuse_cli.fusers.registry import FUNCTIONAL
+from medfuse_cli.pipeline import Fusion, load_pair, write_fused
+
+EXAMPLE_PAIRS = (
+    ("SPECT-MRI", "SPECT", "10018"),
+    ("PET-MRI", "PET", "25022"),
+    ("CT-MRI", "CT", "2004"),
+    ("SPECT-MRI", "SPECT", "25014"),
+    ("PET-MRI", "PET", "30066"),
+    ("CT-MRI", "CT", "16011"),
+)
+FLOW_PAIR = EXAMPLE_PAIRS[0]  # colour functional image: the flow converts colour both ways
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One measured row.
+
+    Attributes:
+        model: the fuser's name, ``<name>+io`` for the whole-flow row (batch 1, the file's size).
+        batch: pairs per call.
+        height, width: pixels of each plane.
+        params: the fuser's parameter count (0 for rules).
+        gflops_per_pair: GFLOPs of one pair (convolutions and matrix products).
+        median_ms, p90_ms: milliseconds per call.
+        pairs_per_s: ``batch`` pairs per median call, per second.
+        peak_mem_mb: MiB in use at the peak above before the inputs (``measure.peak_memory``).
+        threads: torch CPU threads the calls ran with.
+        checkpoint: what the network ran with (``Fusion.checkpoint_for``: a checkpoint name,
+            ``--weights PATH`` or ``untrained``); None for a rule.
+        untrained: timed with untrained weights: speed only, never quality.
+        calls: timed calls behind the median and p90.
+    """
+
+    model: str
+    batch: int
+    height: int
+    width: int
+    params: int
+    gflops_per_pair: float
+    median_ms: float
+    p90_ms: float
+    pairs_per_s: float
+    peak_mem_mb: float
+    threads: int
+    checkpoint: str | None
+    untrained: bool
+    calls: int
+
+    @property
+    def gflops_per_s(self) -> float:
+        return self.gflops_per_pair * self.pairs_per_s
+
+    def to_json(self) -> dict:
+        """The fields ``medfuse benchmark --json`` prints (``untrained`` shows in ``checkpoint``,
+        ``calls`` only in the table)."""
+        row = asdict(self)
+        del row["untrained"], row["calls"]
+        return row
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What ``run_benchmark`` measures.
+
+    Attributes:
+        models: registered fuser names, in the order their rows come.
+        device: where the fusers run.
+        size: side in pixels of the square planes of the per-call rows.
+        batches: batch sizes of the per-call rows, one row each.
+        budget: warm-up, timed calls and time budget per row.
+        threads: torch CPU threads for every fuser; None: each fuser's ``spec.cpu_threads``.
+        checkpoint, weights: as ``medfuse fuse`` takes them, for the plan's one network.
+    """
+
+    models: tuple[str, ...]
+    device: torch.device
+    size: int = 256
+    batches: tuple[int, ...] = (1, 16)
+    budget: TimingBudget = field(default_factory=TimingBudget)
+    threads: int | None = None
+    checkpoint: str | None = None
+    weights: Path | None = None
+
+
+def examples_dir() -> Path:
+    """The bundled example pairs: the source tree's ``examples/`` or an installed copy.
+
+    Raises:
+        MedfuseError: neither exists.
+    """
+    for candidate in (
+        Path(__file__).resolve().parents[2] / "examples",
+        Path(sys.prefix) / "share" / "medfuse" / "examples",
+    ):
+        if candidate.is_dir():
+            return candidate
+    raise MedfuseError("the bundled example images are missing; benchmark needs them as inputs")
+
+
+def example_paths(pair: tuple[str, str, str]) -> tuple[Path, Path]:
+    """The MRI and functional PNG files of one of ``EXAMPLE_PAIRS``.
+
+    Raises:
+        MedfuseError: the bundled examples are missing.
+    """
+    folder, modality, name = pair
+    root = examples_dir() / folder
+    return root / "MRI" / f"{name}.png", root / modality / f"{name}.png"
+
+
+def _resized(plane: np.ndarray, size: int) -> np.ndarray:
+    if plane.shape == (size, size):
+        return plane
+    image = Image.fromarray(plane, mode="F").resize((size, size), Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(image), 0.0, 1.0)
+
+
+def example_planes(size: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real inputs for timing: the bundled pairs' Y planes, resized and cycled to ``batch``.
+
+    Returns:
+        anatomical and functional float32 arrays (batch, 1, size, size) in [0, 1].
+    """
+    pairs = [load_pair(pair[2], *example_paths(pair)) for pair in EXAMPLE_PAIRS]
+    chosen = [pairs[i % len(pairs)] for i in range(batch)]
+    anatomical = np.stack([_resized(p.anatomical_y, size) for p in chosen])[:, None]
+    functional = np.stack([_resized(p.functional_y, size) for p in chosen])[:, None]
+    return anatomical, functional
+
+
+def build_fusion(
+    model: str,
+    device: torch.device,
+    threads: int | None = None,
+    checkpoint: str | None = None,
+    weights: Path | None = None,
+) -> Fusion:
+    """The fuser as ``medfuse fuse`` builds it, its functional-pair module loaded now.
+
+    When no checkpoint or weights are named and the network's default checkpoint is
+    unavailable, the fuser is built untrained: timing needs the arithmetic, not the values.
+
+    Args:
+        model: a registered fuser name.
+        device: where it runs.
+        threads: torch CPU threads during its calls; None: the fuser's ``spec.cpu_threads``.
+        checkpoint, weights: as ``medfuse fuse``'s options (a network's only).
+
+    Returns:
+        the ``Fusion``; ``pretrained`` is False when it was built untrained.
+
+    Raises:
+        InputError: as ``Fusion`` (unknown model or checkpoint, weights for a rule, ...).
+        CheckpointError: the named checkpoint or weights cannot be loaded (never replaced by
+            untrained weights).
+    """
+    fusion = Fusion(model, device, checkpoint, weights, threads)
+    try:
+        fusion.module_for(FUNCTIONAL)
+    except CheckpointError:
+        if checkpoint is not None or weights is not None:
+            raise
+        return Fusion(model, device, threads=threads, pretrained=False)
+    return fusion
+
+
+def _fusions(plan: BenchPlan) -> list[Fusion]:
+    """Every fuser of the plan, built before anything is timed so a bad name fails at once.
+
+    Raises:
+        InputError: ``checkpoint`` or ``weights`` with other than exactly one network.
+    """
+    specs = [get_fuser_spec(model) for model in plan.models]
+    networks = [spec.name for spec in specs if spec.needs_weights]
+    chosen = plan.checkpoint is not None or plan.weights is not None
+    if chosen and len(networks) != 1:
+        raise InputError(
+            f"--checkpoint and --weights need exactly one network model, got {len(networks)}"
+            + (f" ({', '.join(networks)})" if networks else "")
+        )
+    return [
+        build_fusion(
+            spec.name,
+            plan.device,
+            plan.threads,
+            plan.checkpoint if spec.needs_weights else None,
+            plan.weights if spec.needs_weights else None,
+        )
+        for spec in specs
+    ]
+
+
+def _row(
+    fusion: Fusion, label: str, batch: int, shape: tuple[int, int], times: list[float], peak_mb: float
+) -> BenchRow:
+    module = fusion.module_for(FUNCTIONAL)
+    latency = summarise(times)
+    return BenchRow(
+        model=label,
+        batch=batch,
+        height=shape[0],
+        width=shape[1],
+        params=count_params(module),
+        gflops_per_pair=count_flops(module, (1, 1, *shape), (1, 1, *shape)) / 1e9,
+        median_ms=latency.median_ms,
+        p90_ms=latency.p90_ms,
+        pairs_per_s=batch * 1000 / latency.median_ms,
+        peak_mem_mb=peak_mb,
+        threads=fusion.describe()["threads"],
+        checkpoint=fusion.checkpoint_for(FUNCTIONAL),
+        untrained=not fusion.pretrained,
+        calls=latency.calls,
+    )
+
+
+def bench_fuser(fusion: Fusion, size: int, batch: int, budget: TimingBudget) -> BenchRow:
+    """Time the fuser alone on ``batch`` example pairs of size×size, already on the device.
+
+    Returns:
+        the row named after the fuser.
+    """
+    module = fusion.module_for(FUNCTIONAL)
+    planes = example_planes(size, batch)
+    with peak_memory(fusion.device) as peak:
+        anatomical, functional = (torch.tensor(p, device=fusion.device) for p in planes)
+        # Fusion owns the thread count during its calls; the module is called directly so that
+        # only the fuser's arithmetic is timed, not fuse_y's copies and checks.
+        with torch.inference_mode(), fusion.thread_scope():
+            times = time_calls(lambda: module(anatomical, functional), fusion.device, budget)
+    return _row(fusion, fusion.spec.name, batch, (size, size), times, peak.mb)
+
+
+def bench_flow(fusion: Fusion, scratch: Path, budget: TimingBudget) -> BenchRow:
+    """Time read → colour split → fuse → colour merge → PNG write of the example pair.
+
+    Returns:
+        the ``<name>+io`` row (batch 1, the pair's own size); ``scratch`` receives its PNG.
+    """
+    mri, functional = example_paths(FLOW_PAIR)
+    output = scratch / "fused.png"
+
+    def flow() -> None:
+        pair = load_pair(FLOW_PAIR[2], mri, functional)
+        fused = fusion.fuse_y(pair.anatomical_y, pair.functional_y, pair.kind)
+        write_fused(output, pair, fused)
+
+    shape = load_pair(FLOW_PAIR[2], mri, functional).anatomical_y.shape
+    with peak_memory(fusion.device) as peak:
+        # The flow ends in a device-to-host copy, so wall-clock time is exact even on CUDA.
+        times = time_calls(flow, torch.device("cpu"), budget)
+    return _row(fusion, f"{fusion.spec.name}+io", 1, shape, times, peak.mb)
+
+
+def run_benchmark(plan: BenchPlan, on_row: Callable[[str], None] = lambda _: None) -> list[BenchRow]:
+    """Every fuser of the plan at every batch size, then its whole-flow row.
+
+    Args:
+        plan: what to measure.
+        on_row: called with a row's label (``"lwnet batch 16"``, ``"lwnet+io"``) as it starts.
+
+    Returns:
+        the rows, per fuser: one per batch size, then ``<name>+io``.
+
+    Raises:
+        InputError, CheckpointError: as ``build_fusion``, or ``checkpoint``/``weights`` with
+            other than one network; raised before anything is timed.
+    """
+    fusions = _fusions(plan)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="medfuse-bench-") as scratch:
+        for fusion in fusions:
+            for batch in plan.batches:
+                on_row(f"{fusion.spec.name} batch {batch}")
+                rows.append(bench_fuser(fusion, plan.size, batch, plan.budget))
+            on_row(f"{fusion.spec.name}+io")
+            rows.append(bench_flow(fusion, Path(scratch), plan.budget))
+    return rows

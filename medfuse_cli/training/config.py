@@ -1,0 +1,152 @@
+"""What defines what a training run learns: one frozen config per trainer, checked when built.
+
+The configs carry no default values: every value comes from a named recipe
+(``medfuse_cli.training.recipes``), the one place for training defaults, and the CLI replaces
+the fields given on its command line (``dataclasses.replace``, which checks again). How a run
+is carried out (folder, device, threads, time budget) is not here but in
+``medfuse_cli.training.run.RunSettings``: those may differ between the sessions of one run.
+
+A run stores its config (``dataclasses.asdict``, as JSON) in its checkpoints' metadata;
+``config_from_json`` rebuilds it when the run is resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import ClassVar, TypeVar
+
+from medfuse_cli.errors import CheckpointError, InputError
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise InputError(message)
+
+
+@dataclass(frozen=True)
+class SPIConfig:
+    """LWNet trained with SPI, structural-similarity pseudo-label iteration (see ``training.spi``).
+
+    Attributes:
+        label_fusers: registered fusers whose fusions of the training pairs are candidate labels.
+        label_dirs: NAME -> folder of another tool's fusions of the training pairs, also
+            candidates (``medfuse_cli.pairs.find_fused`` layout).
+        iterations: SPI iterations (label updates between them); at least 1.
+        epochs: epochs per iteration; at least 1.
+        batch_size: patches per Adam step.
+        learning_rate: Adam's learning rate (constant), > 0.
+        patch_size: patch side in pixels, at least 16 (LWNet works at 1/8 resolution).
+        stride: pixels between patches.
+        labelled_fraction: share of patches labelled at the start, in (0, 1].
+        val_fraction: share of training pairs held out for validation metrics, in [0, 1).
+        displace: an output replaces a label when it scores at least this × the label's score.
+        admit: an output becomes an unlabelled patch's pseudo label when it scores at least
+            this × the patch's best candidate.
+        gradient_weight: weight of the edge loss toward the stronger source gradient (0: off).
+        intensity_weight: weight of the L1 loss toward max(MRI, functional) (0: off).
+        detail_weight: weight of the detail term in the label score (0: the paper's SSIM sum).
+        min_mean: a patch is dropped when both sources' mean intensity (in [0, 1]) is below this.
+        seed: seeds the split, the labelled half, initialisation and every epoch's order.
+    """
+
+    label_fusers: tuple[str, ...]
+    label_dirs: dict[str, str]
+    iterations: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    patch_size: int
+    stride: int
+    labelled_fraction: float
+    val_fraction: float
+    displace: float
+    admit: float
+    gradient_weight: float
+    intensity_weight: float
+    detail_weight: float
+    min_mean: float
+    seed: int
+
+    # Fields a resumed run may change: none, since an SPI run's label updates are tied to its
+    # iteration and epoch counts.
+    CHANGEABLE_ON_RESUME: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        _require(self.iterations >= 1 and self.epochs >= 1, "--iterations and --epochs must be at least 1")
+        _require(self.batch_size >= 1, "--batch-size must be at least 1")
+        _require(self.learning_rate > 0, "--lr must be positive")
+        _require(self.patch_size >= 16, "--patch-size must be at least 16")
+        _require(self.stride >= 1, "--stride must be at least 1")
+        _require(0 < self.labelled_fraction <= 1, "--labelled-fraction must be in (0, 1]")
+        _require(0 <= self.val_fraction < 1, "--val-fraction must be in [0, 1)")
+        ratios = (self.displace, self.admit, self.gradient_weight, self.intensity_weight, self.detail_weight)
+        _require(min(ratios) >= 0, "--displace, --admit and the loss and score weights must be at least 0")
+        _require(
+            bool(self.label_fusers or self.label_dirs),
+            "SPI needs candidate labels: pass --label-fuser NAME and/or --label-dir NAME=DIR",
+        )
+
+
+@dataclass(frozen=True)
+class LYWNetConfig:
+    """LYWNet trained the authors' way, as an autoencoder on single Y images (see ``training.lywnet_trainer``).
+
+    Attributes:
+        epochs: passes over every training image; at least 1.
+        batch_size: images per Adam step.
+        learning_rate: Adam's (first) learning rate, > 0.
+        lr_schedule: ``constant`` (the authors') or ``cosine`` (from ``learning_rate`` down to
+            ``min_lr`` over all planned steps).
+        min_lr: the last learning rate of the cosine schedule, >= 0.
+        size: side in pixels of the augmented training crops, at least 4.
+        seed: seeds initialisation and every epoch's order and augmentation.
+        monitor: pair folders whose images give a held-out loss after every epoch (none: off).
+    """
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    lr_schedule: str
+    min_lr: float
+    size: int
+    seed: int
+    monitor: tuple[str, ...]
+
+    # A resumed run may plan more (or fewer) epochs: the documented way to train longer.
+    CHANGEABLE_ON_RESUME: ClassVar[tuple[str, ...]] = ("epochs",)
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "--epochs must be at least 1")
+        _require(self.batch_size >= 1, "--batch-size must be at least 1")
+        _require(self.learning_rate > 0, "--lr must be positive")
+        _require(
+            self.lr_schedule in LR_SCHEDULES,
+            f"unknown --lr-schedule '{self.lr_schedule}' (choose {' or '.join(LR_SCHEDULES)})",
+        )
+        _require(self.min_lr >= 0, "--min-lr must be at least 0")
+        _require(self.size >= 4, "the crop size must be at least 4 pixels")
+
+
+Config = SPIConfig | LYWNetConfig
+C = TypeVar("C", SPIConfig, LYWNetConfig)
+
+
+def config_from_json(config_type: type[C], stored: Mapping[str, object], source: str) -> C:
+    """Rebuild a config from the JSON a run stored (lists become tuples).
+
+    Keys that are not fields are left out: runs started before the run settings moved out of
+    the configs stored them there (``max_minutes``, ``resume``, ``command``, ``data``, ...).
+
+    Raises:
+        CheckpointError: a field is missing (``source`` names the file).
+        InputError: a stored value fails the config's checks.
+    """
+    names = [f.name for f in fields(config_type)]
+    missing = [name for name in names if name not in stored]
+    if missing:
+        raise CheckpointError(f"{source}: the stored config lacks {', '.join(missing)}")
+    values = {name: stored[name] for name in names}
+    return config_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

@@ -1,0 +1,30 @@
+"""The fused bytes of the bundled examples, pinned: a refactoring must not change a pixel.
+
+``tests/data/golden_fused_sha256.txt`` holds the sha256 of ``medfuse fuse`` outputs recorded
+before the renovation of issue 11 (``<model>-<KIND>-<name>.png <sha256>``). A change that is
+meant to alter outputs (new weights, a new rule) updates the file in the same commit and says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).parent / "data" / "golden_fused_sha256.txt"
+ROWS = [line.split() for line in GOLDEN.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(("file_name", "sha256"), ROWS, ids=[row[0] for row in ROWS])
+def test_fused_bytes_are_unchanged(
+    file_name: str, sha256: str, examples: Path, tmp_path: Path, run_cli
+) -> None:
+    model, kind, name = file_name.removesuffix(".png").split("-")
+    folder = examples / f"{kind}-MRI"
+    output = tmp_path / file_name
+    result = run_cli(
+        "fuse", folder / "MRI" / f"{name}.png", folder / kind / f"{name}.png", "-o", output, "-m", model, "-q"
+    )
+    assert result.code == 0, result.stderr
+    assert hashlib.sha256(output.read_bytes()).hexdigest() == sha256
