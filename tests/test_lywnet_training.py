@@ -135,19 +135,8 @@ def test_cosine_schedule_runs_from_lr_to_min_lr() -> None:
 
 
 def test_medfuse_train_lywnet_command(tiny_data: Path, tmp_path: Path, run_cli) -> None:
-    result = run_cli(
-        "train",
-        tiny_data,
-        "--model",
-        "lywnet",
-        "-o",
-        tmp_path / "cli",
-        "--epochs",
-        "1",
-        "--threads",
-        "1",
-        "-q",
-    )
+    options = ["--model", "lywnet", "--epochs", "1", "--threads", "1", "-q"]
+    result = run_cli("train", tiny_data, "-o", tmp_path / "cli", *options)
     assert result.code == 0, result.stderr
     assert result.stdout == ""
     assert read_checkpoint(tmp_path / "cli" / WEIGHTS_FILE).metadata["command"].startswith("medfuse train")

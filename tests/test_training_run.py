@@ -206,20 +206,8 @@ def test_bad_training_options_are_one_error_line(
 
 def test_train_on_cpu_then_resume_with_nothing_but_resume(examples: Path, tmp_path: Path, run_cli) -> None:
     out = tmp_path / "run"
-    first = run_cli(
-        "train",
-        examples / "CT-MRI",
-        "--model",
-        "lywnet",
-        "-o",
-        out,
-        "--epochs",
-        "1",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-    )
+    options = ["--model", "lywnet", "--epochs", "1", "--device", "cpu", "--threads", "1"]
+    first = run_cli("train", examples / "CT-MRI", "-o", out, *options)
     assert first.code == 0, first.stderr
     assert first.stdout == f"weights: {out / LYWNET_WEIGHTS}\n"
     lines = first.stderr.splitlines()

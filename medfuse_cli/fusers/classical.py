@@ -343,12 +343,7 @@ class WaveletFusion(nn.Module):
         return result.clamp_(0.0, 1.0)
 
 
-# The registration below still names the Haar class this one replaced; the name stays until the
-# registry is rewired (the rule is the CDF 5/3 DWT, ``WaveletFusion``).
-HaarWaveletFusion = WaveletFusion
-
-
-def _rule(name: str, summary: str, module: type[nn.Module]) -> None:
+def _rule(name: str, summary: str, reference: str, module: type[nn.Module]) -> None:
     """Register a rule: no weights, any device, one CPU thread (a few ms of work per pair,
     which a second OpenMP thread on a shared core slows down; BENCHMARKS.md)."""
     register_fuser(
@@ -356,15 +351,25 @@ def _rule(name: str, summary: str, module: type[nn.Module]) -> None:
             name=name,
             kind="classical",
             summary=summary,
-            reference=(module.__doc__ or "").strip().splitlines()[0],
+            reference=reference,
             build=lambda loaded, **options: module(),
-            min_size=getattr(module, "min_size", 1),
+            min_size=module.min_size,
             cpu_threads=1,
         )
     )
 
 
-_rule("average", "pixel-wise mean of the two Y images", AverageFusion)
-_rule("maximum", "pixel-wise maximum of the two Y images", MaximumFusion)
-_rule("laplacian", "Laplacian pyramid (Burt-Adelson), max-abs details, averaged base", LaplacianPyramidFusion)
-_rule("wavelet", "3-level CDF 5/3 (bior2.2) DWT, max-abs details, averaged approximation", HaarWaveletFusion)
+_rule("average", "pixel-wise mean of the two Y images", "the field's baseline pixel rule", AverageFusion)
+_rule("maximum", "pixel-wise maximum of the two Y images", "the field's baseline pixel rule", MaximumFusion)
+_rule(
+    "laplacian",
+    "Laplacian pyramid (Burt-Adelson), max-abs details, averaged base",
+    "Burt & Adelson, IEEE Trans. Commun. 1983, doi:10.1109/TCOM.1983.1095851",
+    LaplacianPyramidFusion,
+)
+_rule(
+    "wavelet",
+    "3-level CDF 5/3 (bior2.2) DWT, max-abs details, averaged approximation",
+    "Li, Manjunath & Mitra, Graph. Models Image Process. 1995, doi:10.1006/gmip.1995.1022",
+    WaveletFusion,
+)
