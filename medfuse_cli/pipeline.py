@@ -105,6 +105,13 @@ class Pair:
         return FUNCTIONAL if self.is_color else CT
 
 
+def check_chroma(mode: str) -> str:
+    """``mode`` if it is a ``--chroma`` value (auto, keep, drop); else an ``InputError``."""
+    if mode not in CHROMA_MODES:
+        raise InputError(f"--chroma takes {', '.join(CHROMA_MODES)}, got '{mode}'")
+    return mode
+
+
 def read_colour(pixels: np.ndarray, chroma: str = "auto") -> ColourReading:
     """Decide whether an image in [0, 1] ((H, W) or (H, W, 3)) is read as colour.
 
@@ -114,8 +121,7 @@ def read_colour(pixels: np.ndarray, chroma: str = "auto") -> ColourReading:
     Raises:
         InputError: an unknown ``chroma`` mode.
     """
-    if chroma not in CHROMA_MODES:
-        raise InputError(f"--chroma takes {', '.join(CHROMA_MODES)}, got '{chroma}'")
+    check_chroma(chroma)
     share, off_gray = 0.0, 0
     if pixels.ndim == 3:
         offsets = chroma_offsets(pixels)

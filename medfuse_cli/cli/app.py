@@ -22,6 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help text is shown as written: [lwnet], [default: ...] stay
 )
 app.command("fuse")(fuse.fuse)
 app.command("evaluate")(evaluate.evaluate)

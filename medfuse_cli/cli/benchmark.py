@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from medfuse_cli.bench.measure import TimingBudget
-from medfuse_cli.bench.plan import BenchPlan, BenchRow, run_benchmark
 from medfuse_cli.cli import options
-from medfuse_cli.devices import resolve_device
 from medfuse_cli.errors import InputError
-from medfuse_cli.fusers import list_fusers
+
+if TYPE_CHECKING:  # torch and the zoo are imported when the command runs, not for --help
+    import torch
+
+    from medfuse_cli.bench.plan import BenchRow
 
 _stderr = options.stderr
 
@@ -54,6 +55,11 @@ def benchmark(
     --checkpoint and --weights apply to the one network model benchmarked (the rules beside it
     take none).
     """
+    from medfuse_cli.bench.measure import TimingBudget
+    from medfuse_cli.bench.plan import BenchPlan, run_benchmark
+    from medfuse_cli.devices import resolve_device
+    from medfuse_cli.fusers import list_fusers
+
     plan = BenchPlan(
         models=tuple(model or [spec.name for spec in list_fusers()]),
         device=resolve_device(device),

@@ -12,7 +12,6 @@ from rich.table import Table
 from rich.text import Text
 
 from medfuse_cli.cli import options
-from medfuse_cli.devices import resolve_device
 from medfuse_cli.errors import InputError
 
 if TYPE_CHECKING:
@@ -63,10 +62,13 @@ def evaluate(
     """
     # Imported here, not at the top: the metrics pull in scipy, which every other command
     # would then pay for at start-up.
+    from medfuse_cli.devices import resolve_device
     from medfuse_cli.evaluation import plots, reports, scoring, tables
     from medfuse_cli.evaluation.methods import choose_methods, parse_metrics
     from medfuse_cli.pairs import find_pair_sets
+    from medfuse_cli.pipeline import check_chroma
 
+    check_chroma(chroma)
     metric_names = parse_metrics(metrics)
     if plot and out is None:
         raise InputError("--plot writes files: give --out DIR as well")

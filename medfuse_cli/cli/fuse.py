@@ -6,22 +6,15 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import typer
 
 from medfuse_cli.cli import options
 from medfuse_cli.errors import InputError, OutputError
-from medfuse_cli.pairs import pair_folders
-from medfuse_cli.pipeline import (
-    Fusion,
-    PairJob,
-    PairOutcome,
-    fuse_folders,
-    load_pair,
-    read_colour,
-    write_fused,
-)
+
+if TYPE_CHECKING:  # the flow (and torch) is imported when the command runs, not for --help
+    from medfuse_cli.pipeline import Fusion, PairOutcome
 
 _stderr = options.stderr
 
@@ -51,13 +44,15 @@ def fuse(
     What medfuse decides from the data (colour or gray second image, which checkpoint) is in the
     summary line and in --json; --chroma and --checkpoint override it.
     """
+    from medfuse_cli.pipeline import Fusion, check_chroma
+
     started = time.perf_counter()
     for source in (mri, functional):
         if not source.exists():
             raise InputError(f"file not found: {source}")
     fuser_options = {} if temperature is None else {"temperature": temperature}
     fusion = Fusion(model, device, checkpoint, weights, threads, fuser_options)
-    read_colour(np.zeros((1, 1), np.float32), chroma)  # an unknown --chroma fails before any work
+    check_chroma(chroma)  # an unknown value fails before any work
     if mri.is_dir() or functional.is_dir():
         reading = {"resize": resize, "chroma": chroma, "max_pixels": max_pixels}
         outcomes = _fuse_folders(fusion, mri, functional, Path(output), batch_size, reading, overwrite, quiet)
@@ -120,6 +115,8 @@ def _fuse_one(
     max_pixels: int,
     overwrite: bool,
 ) -> PairOutcome:
+    from medfuse_cli.pipeline import PairOutcome, load_pair, write_fused
+
     if output != "-":
         _check_output_file(Path(output), (mri, functional), overwrite)
     pair = load_pair(mri.stem, mri, functional, resize, chroma, max_pixels)
@@ -138,6 +135,9 @@ def _fuse_folders(
     overwrite: bool,
     quiet: bool,
 ) -> list[PairOutcome]:
+    from medfuse_cli.pairs import pair_folders
+    from medfuse_cli.pipeline import PairJob, fuse_folders
+
     if not (mri_dir.is_dir() and functional_dir.is_dir()):
         raise InputError("give two folders, or two image files, not one of each")
     if str(output_dir) == "-":

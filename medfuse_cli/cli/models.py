@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from medfuse_cli.cli import options
-from medfuse_cli.fusers import Checkpoint, FuserSpec, create_fuser, list_fusers
-from medfuse_cli.fusers.registry import PROVENANCE_FIELDS
-from medfuse_cli.weights import bundled_path
+
+if TYPE_CHECKING:  # the zoo (and torch) is imported when the command runs, not for --help
+    from medfuse_cli.fusers import Checkpoint, FuserSpec
 
 
 def _parameter_count(spec: FuserSpec) -> int:
     """Parameters of the network (an untrained copy: the count does not depend on the weights)."""
+    from medfuse_cli.fusers import create_fuser
+
     return sum(p.numel() for p in create_fuser(spec.name, pretrained=False).parameters())
 
 
 def checkpoint_row(record: Checkpoint) -> dict:
     """A checkpoint's record as ``medfuse models --json`` prints it."""
+    from medfuse_cli.fusers.registry import PROVENANCE_FIELDS
+    from medfuse_cli.weights import bundled_path
+
     return {
         "name": record.name,
         "file": record.filename,
@@ -35,6 +41,8 @@ def checkpoint_row(record: Checkpoint) -> dict:
 def models(as_json: bool = options.JSON) -> None:
     """List the fusers medfuse knows: kind, parameters, smallest input, and every checkpoint's
     record (file, sha256, Hub location, how it was trained, its test-split scores)."""
+    from medfuse_cli.fusers import list_fusers
+
     rows = [
         {
             "name": spec.name,

@@ -118,7 +118,8 @@ class Run:
         InputError: a new run in a folder that holds one (or is a file), no data for a new run,
             ``resume`` without a saved state, data, recipe or config values that contradict
             the run being resumed, or a negative ``max_minutes``.
-        MedfuseError: an unknown or absent device (from ``resolve_device``).
+        DeviceError: ``settings.device`` is CUDA on a machine without it (an unknown device
+            name is an InputError).
         CheckpointError: the run's files cannot be read back.
     """
 
