@@ -120,3 +120,20 @@ def test_threads_are_an_option_of_every_command_that_reads_pairs(
     for command in (("evaluate", spect), ("benchmark",), ("train", spect)):
         result = run_cli(*command, "--help")
         assert "--threads" in result.stdout and "--device" in result.stdout, command
+
+
+def test_a_folder_run_writes_the_bytes_a_single_fusion_writes(examples: Path, tmp_path: Path, run_cli) -> None:
+    """Same inputs, same bytes, whatever the batch: all six bundled pairs in one folder run."""
+    mri_dir, second_dir = tmp_path / "MRI", tmp_path / "SECOND"
+    mri_dir.mkdir()
+    second_dir.mkdir()
+    for folder in sorted(examples.iterdir()):
+        kind = folder.name.split("-")[0]
+        for mri in sorted((folder / "MRI").glob("*.png")):
+            (mri_dir / f"{kind}{mri.name}").write_bytes(mri.read_bytes())
+            (second_dir / f"{kind}{mri.name}").write_bytes((folder / kind / mri.name).read_bytes())
+    assert run_cli("fuse", mri_dir, second_dir, "-o", tmp_path / "out", "--batch-size", "6", "-q").code == 0
+    for mri in sorted(mri_dir.iterdir()):
+        single = tmp_path / f"single-{mri.name}"
+        assert run_cli("fuse", mri, second_dir / mri.name, "-o", single, "-q").code == 0
+        assert _sha(single) == _sha(tmp_path / "out" / mri.name), mri.name

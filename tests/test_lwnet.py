@@ -32,11 +32,14 @@ def test_any_size_gives_y_in_unit_range(net: LWNet, size: tuple[int, int]) -> No
 
 
 def test_batching_never_changes_a_pixel(net: LWNet) -> None:
-    a, b = torch.rand(3, 1, 40, 48), torch.rand(3, 1, 40, 48)
+    """Seed 1, 8 pairs of 128²: inputs where oneDNN's batched kernels round differently from
+    batch 1 (found by search: the whole-batch computation differs there by ~1e-7)."""
+    generator = torch.Generator().manual_seed(1)
+    a, b = torch.rand(8, 1, 128, 128, generator=generator), torch.rand(8, 1, 128, 128, generator=generator)
     with torch.inference_mode():
         together = net(a, b)
-        alone = torch.cat([net(a[i : i + 1], b[i : i + 1]) for i in range(3)])
-    torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)
+        alone = torch.cat([net(a[i : i + 1], b[i : i + 1]) for i in range(8)])
+    assert torch.equal(together, alone)  # bit for bit: a pair's output never depends on its batch
 
 
 def test_modalities_are_not_interchangeable(net: LWNet) -> None:

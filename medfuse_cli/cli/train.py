@@ -21,16 +21,16 @@ from typer.models import OptionInfo
 
 from medfuse_cli.cli import options
 from medfuse_cli.errors import InputError
-from medfuse_cli.training.config import Config, config_from_json
 from medfuse_cli.training.events import EpochFinished, EpochStarted, Event, Message, StepDone
-from medfuse_cli.training.recipes import DEFAULT_RECIPES, RECIPES, get_recipe
-from medfuse_cli.training.run import RunSettings, read_provenance
-from medfuse_cli.training.trainers import TRAINERS, Trainer, get_trainer, trainer_of_run
+from medfuse_cli.training.recipes import DEFAULT_RECIPES, RECIPES
+from medfuse_cli.training.run import RunSettings
+from medfuse_cli.training.trainers import TRAINERS, starting_point
 
 _LWNET, _LYWNET, _BOTH = ("lwnet",), ("lywnet",), ("lwnet", "lywnet")
 
 
 def _show(value: object) -> str:
+    """A recipe value as --help shows it (None is a thread count: torch's default)."""
     if value is None:
         return "all cores"
     if isinstance(value, dict):
@@ -60,6 +60,7 @@ def _from_recipe(shared: OptionInfo, help: str, field: str) -> OptionInfo:
 
 
 def _recipe_option(flag: str, help: str, field: str) -> OptionInfo:
+    """A training option of this command whose value, when not given, is the recipe's."""
     return typer.Option(None, flag, help=f"{help} {_recipe_values(field)}")
 
 
@@ -190,50 +191,28 @@ def train(
         ("--min-lr", "min_lr", min_lr, _LYWNET),
         ("--monitor", "monitor", tuple(str(m) for m in monitor) if monitor else None, _LYWNET),
     ]
-    if resume:
-        trainer = trainer_of_run(out)
-        if model is not None and model != trainer.model:
-            raise InputError(f"{out} holds a {trainer.model} run, not {model}")
-        base = _stored_config(trainer, out)
-        session_threads = threads  # None: the run's own
-        recipe_name = recipe  # None: the run's own; another is refused
-    else:
-        chosen = get_recipe(recipe) if recipe is not None else None
-        if model is None and chosen is None:
-            raise InputError(f"say what to train: --model {'|'.join(TRAINERS)} or --recipe NAME")
-        trainer = get_trainer(model if model is not None else chosen.model)
-        chosen = chosen or get_recipe(DEFAULT_RECIPES[trainer.model])
-        if chosen.model != trainer.model:
-            raise InputError(f"recipe {chosen.name} trains {chosen.model}, not {trainer.model}")
-        base, recipe_name = chosen.config, chosen.name
-        session_threads = threads if threads is not None else chosen.threads
+    start = starting_point(out, model, recipe, resume)
     changes = {}
     for flag, field, value, models in given:
         if value is None:
             continue
-        if trainer.model not in models:
+        if start.trainer.model not in models:
             raise InputError(f"{flag} applies to --model {models[0]} only")
         changes[field] = value
     settings = RunSettings(
         out=out,
         data=tuple(str(folder) for folder in data or ()),
-        recipe=recipe_name,
+        recipe=start.recipe,
         command=shlex.join(["medfuse", *sys.argv[1:]]),
         device=device,
-        threads=session_threads,
+        threads=threads if threads is not None else start.threads,
         resume=resume,
         max_minutes=max_minutes,
     )
     with _Screen(quiet) as screen:
-        weights = trainer.train(replace(base, **changes), settings, screen)
+        weights = start.trainer.train(replace(start.config, **changes), settings, screen)
     if not quiet:
         print(f"weights: {weights}")
-
-
-def _stored_config(trainer: Trainer, out: Path) -> Config:
-    """The config the run in ``out`` stored, rebuilt (the base a resume's options apply to)."""
-    stored = read_provenance(out, trainer.files)
-    return config_from_json(trainer.config_type, stored.config, str(out / trainer.files.weights))
 
 
 def _named_folders(pairs: list[str]) -> dict[str, str]:

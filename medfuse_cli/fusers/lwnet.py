@@ -185,6 +185,19 @@ class LWNet(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def forward(self, anatomical: torch.Tensor, functional: torch.Tensor) -> torch.Tensor:
+        """Fuse (N, 1, H, W) float32 Y tensors in [0, 1]; returns the fused Y, same shape, in [0, 1].
+
+        At inference each pair is computed on its own: oneDNN picks convolution kernels by batch
+        size, whose sums round differently (~1e-7), which moved one 8-bit level in ~1 % of pairs
+        between a folder run and a single fusion. A batch of one costs about what a batch of 16
+        does per pair on a CPU (BENCHMARKS.md, entry 17); training keeps whole batches.
+        """
+        if self.training or anatomical.shape[0] == 1:
+            return self._fuse(anatomical, functional)
+        pairs = zip(anatomical.split(1), functional.split(1), strict=True)
+        return torch.cat([self._fuse(a, b) for a, b in pairs])
+
+    def _fuse(self, anatomical: torch.Tensor, functional: torch.Tensor) -> torch.Tensor:
         h, w = anatomical.shape[-2:]
         shallow, deep = self.encoders(_pad_to_multiple(anatomical), _pad_to_multiple(functional))
         weight = self.decoder(self.mca(deep), shallow)[..., :h, :w]
