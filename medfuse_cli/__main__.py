@@ -1,5 +1,5 @@
 """``python -m medfuse_cli`` runs the same CLI as the ``medfuse`` command."""
 
-from medfuse_cli.cli.app import main
+from medfuse_cli.cli.entry import main
 
 main()

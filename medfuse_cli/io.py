@@ -3,7 +3,8 @@
 Images come in as float32 arrays in [0, 1], shape (H, W) for grayscale or (H, W, 3) for RGB,
 scaled by their real bit depth (8 or 16), so a 16-bit input is never silently clipped. An RGB
 image whose three channels are equal is treated as grayscale. Outputs are PNGs written
-atomically: a temporary file in the destination folder, then a rename.
+atomically (``medfuse_cli.atomic``): a temporary file in the destination folder, then published
+under its name in one step.
 
 Every decoder is held to one pixel limit, ``DEFAULT_MAX_PIXELS`` unless raised, checked from the
 file's header before any pixel is decoded: a few bytes can claim, or deflate to, gigabytes.
@@ -26,7 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from medfuse_cli.atomic import write_atomically
-from medfuse_cli.errors import InputError, MedfuseError
+from medfuse_cli.errors import InputError, MedfuseError, OutputError
 
 # Pillow's own default limit (1024**3 // 4 // 3: 256 MiB of 24-bit pixels, about 9459x9459),
 # written out rather than read from PIL.Image so that neither a Pillow upgrade nor another
@@ -262,11 +263,48 @@ def encode_png(pixels: np.ndarray, bit_depth: int) -> bytes:
     return bytes(imagecodecs.png_encode(to_integer(pixels, bit_depth), level=1, filter=PNG_SUB_FILTER))
 
 
-def write_png(destination: Path | str, pixels: np.ndarray, bit_depth: int) -> None:
-    """Write a PNG atomically, or to standard output when ``destination`` is ``-``."""
+def write_png(destination: Path | str, pixels: np.ndarray, bit_depth: int, *, overwrite: bool = True) -> None:
+    """Write a PNG atomically, or to standard output when ``destination`` is ``-``.
+
+    A file is published whole or not at all (``medfuse_cli.atomic.write_atomically``).
+
+    Args:
+        destination: the file, or ``-``.
+        pixels, bit_depth: as ``encode_png`` takes them.
+        overwrite: replace an existing file (the default: callers such as the benchmark rewrite
+            one file on purpose); without it, a file that exists when the PNG is published, even
+            one that appeared while it was encoded, is kept.
+
+    Raises:
+        FileExistsError: the file exists and ``overwrite`` is false.
+        OSError: the file cannot be written (nothing is left behind).
+        BrokenPipeError, OutputError: as ``write_stdout``.
+    """
     data = encode_png(pixels, bit_depth)
     if str(destination) == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        write_stdout(data)
         return
-    write_atomically(Path(destination), lambda tmp: tmp.write_bytes(data))
+    write_atomically(Path(destination), lambda tmp: tmp.write_bytes(data), overwrite=overwrite)
+
+
+def write_stdout(data: bytes = b"") -> None:
+    """Write ``data`` to standard output after what was printed before it, and flush both.
+
+    Every byte is written or an error raised: a short write (a pipe whose reader left, a disk
+    that filled up) is never a silently truncated output.
+
+    Raises:
+        BrokenPipeError: the reader has gone (``| head``): not a failure of the write, and the
+            caller decides how to end (the CLI: quietly).
+        OutputError: any other failure, e.g. a full disk behind a redirection.
+    """
+    try:
+        sys.stdout.flush()
+        stream, rest = sys.stdout.buffer, memoryview(data)
+        while rest:  # unbuffered (python -u, PYTHONUNBUFFERED), a write may take only part of it
+            rest = rest[stream.write(rest) :]
+        stream.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None

@@ -30,6 +30,9 @@ from medfuse_cli.io import DEFAULT_MAX_PIXELS, LoadedImage, read_image, write_pn
 from medfuse_cli.runtime import keep_heap_memory
 
 CHROMA_MODES = ("auto", "keep", "drop")
+# What to do with an output file that exists: replace it (--overwrite), refuse it (that pair
+# fails; the CLI's default), or skip the pair (--skip-existing).
+EXISTING_OUTPUTS = ("replace", "refuse", "skip")
 # A pixel counts as coloured when its Cb or Cr is more than this many 8-bit levels off gray:
 # one level of rounding in one channel moves chroma by at most half a level.
 CHROMA_LEVELS = 2.0
@@ -370,13 +373,14 @@ class PairJob:
 
 @dataclass(frozen=True)
 class PairOutcome:
-    """What became of one pair: written (``error`` None) or not, and what was decided for it.
+    """What became of one pair: written, failed (``error``) or skipped, and what was decided for it.
 
     Attributes:
         name, output: the pair and its output file.
         error: one line saying why nothing was written, or None.
         second: how its second image's colour was read (None when it could not be read).
         checkpoint: what it was fused with (see ``Fusion.checkpoint_for``).
+        skipped: its output existed and was kept (``existing="skip"``); nothing was written.
     """
 
     name: str
@@ -384,11 +388,19 @@ class PairOutcome:
     error: str | None = None
     second: ColourReading | None = None
     checkpoint: str | None = None
+    skipped: bool = False
+
+    @property
+    def written(self) -> bool:
+        """Whether its output file was written (neither failed nor skipped)."""
+        return self.error is None and not self.skipped
 
     def to_json(self) -> dict:
         row: dict = {"pair": self.name, "output": str(self.output)}
         if self.error:
             row["error"] = self.error
+        if self.skipped:
+            row["skipped"] = True
         if self.second is not None:
             row["second_image"] = self.second.to_json()
             row["checkpoint"] = self.checkpoint
@@ -404,25 +416,51 @@ def fuse_folders(
     workers: int = 2,
     chroma: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    existing: str = "replace",
 ) -> list[PairOutcome]:
-    """Fuse every job; a pair that fails is reported and skipped, the others are written.
+    """Fuse every job; a pair that fails is reported, the others are written.
 
     Decoding of the next batch, and colour merging and encoding of the previous one, run on
     worker threads while the fuser works (numpy, imagecodecs and Pillow release the GIL), so the flow is
     not serialised on I/O. The fuser runs with ``fusion.threads`` torch threads (one for LWNet and
     the rules: the workers need the other core, and torch threads that share theirs spin-wait
     against them, see BENCHMARKS.md).
+
+    Args:
+        fusion: the fuser, with its device and threads.
+        jobs: the pairs and their output files (whose folders must exist).
+        batch_size: pairs fused per call (pairs of one size and kind are batched).
+        resize, chroma, max_pixels: how each pair is read (as ``load_pair``).
+        on_done: called with each outcome as soon as it is decided (progress).
+        workers: threads that decode and encode.
+        existing: what an output file that exists means (see ``write_outcome``): ``replace``
+            it, ``refuse`` it (that pair fails), or ``skip`` the pair (checked before its work,
+            and again when its file is published). One of ``EXISTING_OUTPUTS``.
+
+    Returns:
+        Every job's outcome, in the order they were decided.
+
+    Raises:
+        InputError: an unknown ``existing``.
     """
+    if existing not in EXISTING_OUTPUTS:
+        raise InputError(f"existing must be one of {', '.join(EXISTING_OUTPUTS)}, got '{existing}'")
     outcomes: list[PairOutcome] = []
 
     def report(outcome: PairOutcome) -> None:
         outcomes.append(outcome)
         on_done(outcome)
 
+    remaining = []
+    for job in jobs:
+        if existing == "skip" and job.output.exists():
+            report(PairOutcome(job.name, job.output, skipped=True))
+        else:
+            remaining.append(job)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        writes: list[tuple[PairOutcome, Future]] = []
+        writes: list[Future[PairOutcome]] = []
         for batch in _loaded_batches(
-            pool, jobs, batch_size, lambda job: _try_load(job, resize, chroma, max_pixels)
+            pool, remaining, batch_size, lambda job: _try_load(job, resize, chroma, max_pixels)
         ):
             good = [(job, pair) for job, pair in batch if isinstance(pair, Pair)]
             for job, failure in batch:
@@ -433,15 +471,50 @@ def fuse_folders(
                 if isinstance(plane, MedfuseError):
                     report(replace(done, error=str(plane)))
                 else:
-                    writes.append((done, pool.submit(write_fused, job.output, pair, plane)))
+                    writes.append(pool.submit(write_outcome, done, pair, plane, existing))
             writes = _collect_finished(writes, report, wait=False)
         _collect_finished(writes, report, wait=True)
     return outcomes
 
 
-def write_fused(output: Path | str, pair: Pair, fused_y: np.ndarray) -> None:
-    """Write the fused image of ``pair`` (``-``: standard output), in the pair's bit depth."""
-    write_png(output, compose(pair, fused_y), pair.bit_depth)
+def write_fused(output: Path | str, pair: Pair, fused_y: np.ndarray, *, overwrite: bool = True) -> None:
+    """Write the fused image of ``pair`` (``-``: standard output), in the pair's bit depth.
+
+    Raises:
+        FileExistsError, OSError, BrokenPipeError, OutputError: as ``medfuse_cli.io.write_png``.
+    """
+    write_png(output, compose(pair, fused_y), pair.bit_depth, overwrite=overwrite)
+
+
+def write_outcome(done: PairOutcome, pair: Pair, fused_y: np.ndarray, existing: str) -> PairOutcome:
+    """Write ``pair``'s fused image to the file ``done.output``; return what became of it.
+
+    Whether the file exists is decided when it is published, not before, so a file that another
+    run wrote in the meantime is never replaced unless ``existing`` is ``replace``.
+
+    Args:
+        done: the pair's outcome so far (its output a file, not ``-``).
+        pair, fused_y: what to write (as ``write_fused``).
+        existing: ``replace`` an existing file, ``refuse`` it (an error), or ``skip`` the pair.
+
+    Returns:
+        ``done``; with ``skipped`` set, or with an ``error`` (exists, cannot write, disk full)
+        when nothing was written.
+    """
+    try:
+        write_fused(done.output, pair, fused_y, overwrite=existing == "replace")
+    except FileExistsError:
+        if existing == "skip":
+            return replace(done, skipped=True)
+        return replace(done, error=output_exists_message(done.output))
+    except OSError as exc:
+        return replace(done, error=f"cannot write {done.output}: {exc.strerror or exc}")
+    return done
+
+
+def output_exists_message(output: Path) -> str:
+    """The one-line message for an output that exists and is neither to be replaced nor skipped."""
+    return f"output exists: {output} (pass --overwrite to replace it, or --skip-existing to keep it)"
 
 
 def _loaded_batches(
@@ -472,17 +545,13 @@ def _try_load(job: PairJob, resize: bool, chroma: str, max_pixels: int) -> Pair 
 
 
 def _collect_finished(
-    writes: list[tuple[PairOutcome, Future]], report: Callable[[PairOutcome], None], wait: bool
-) -> list[tuple[PairOutcome, Future]]:
+    writes: list[Future[PairOutcome]], report: Callable[[PairOutcome], None], wait: bool
+) -> list[Future[PairOutcome]]:
     """Report finished writes (all of them when ``wait``); return those still running."""
     still_running = []
-    for outcome, future in writes:
-        if not wait and not future.done():
-            still_running.append((outcome, future))
-            continue
-        try:
-            future.result()
-            report(outcome)
-        except OSError as exc:
-            report(replace(outcome, error=f"cannot write {outcome.output}: {exc.strerror or exc}"))
+    for future in writes:
+        if wait or future.done():
+            report(future.result())
+        else:
+            still_running.append(future)
     return still_running

@@ -117,7 +117,9 @@ def _read_metadata(path: Path) -> dict[str, str]:
 def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Save tensors with string metadata, atomically."""
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    write_atomically(Path(path), lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
+    write_atomically(
+        Path(path), lambda tmp: save_file(contiguous, str(tmp), metadata=metadata), overwrite=True
+    )
 
 
 def load_state_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:

@@ -122,7 +122,9 @@ def test_threads_are_an_option_of_every_command_that_reads_pairs(
         assert "--threads" in result.stdout and "--device" in result.stdout, command
 
 
-def test_a_folder_run_writes_the_bytes_a_single_fusion_writes(examples: Path, tmp_path: Path, run_cli) -> None:
+def test_a_folder_run_writes_the_bytes_a_single_fusion_writes(
+    examples: Path, tmp_path: Path, run_cli
+) -> None:
     """Same inputs, same bytes, whatever the batch: all six bundled pairs in one folder run."""
     mri_dir, second_dir = tmp_path / "MRI", tmp_path / "SECOND"
     mri_dir.mkdir()

@@ -155,3 +155,29 @@ def test_no_arrow_runs_back_up() -> None:
             assert not any(t.startswith(("medfuse_cli.fusers", "medfuse_cli.pipeline")) for t in targets), (
                 module
             )
+
+
+def test_help_does_not_import_torch() -> None:
+    """``medfuse --help`` starts in well under a second because no command imports torch (or the
+    zoo, metrics, scipy) until it runs; measured, not timed here: the modules are checked."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from medfuse_cli.cli.app import app\n"
+        "heavy = [m for m in ('torch', 'scipy', 'medfuse_cli.pipeline', 'medfuse_cli.fusers') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
+    helped = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "medfuse_cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert helped.returncode == 0 and "--recipe" in helped.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in helped.stderr.splitlines() if "|" in line}
+    assert imported and "torch" not in imported

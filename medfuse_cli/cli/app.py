@@ -1,23 +1,66 @@
-"""The ``medfuse`` Typer app and its entry point.
+"""The ``medfuse`` Typer app, and ``main``, which runs it for the console script (``entry.main``).
 
 Subcommands parse arguments, call the core and print; every user-facing problem is raised as
 ``MedfuseError`` and printed here as one line on stderr with exit status 1 (usage errors are
-Typer's, exit status 2). No traceback reaches the user for bad input.
+Typer's, exit status 2). No traceback reaches the user for bad input. A reader that closes our
+standard output early (``| head``) ends the run quietly with status 141; an interrupt is left
+to ``entry.main``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from medfuse_cli import __version__
 from medfuse_cli.cli import benchmark, evaluate, fuse, models, train
 from medfuse_cli.errors import MedfuseError
+from medfuse_cli.io import write_stdout
+
+# 128 + SIGPIPE: the status a shell reports for a writer whose reader went away (`| head`).
+BROKEN_PIPE_STATUS = 141
+
+
+class _Carried(BaseException):
+    """An exception carried past Typer, which would turn an interrupt into a silent exit 130
+    and a closed output pipe into exit 1; ``main`` raises it again as itself."""
+
+    def __init__(self, exception: BaseException) -> None:
+        super().__init__(exception)
+        self.exception = exception
+
+
+@contextmanager
+def _carried_past_typer() -> Iterator[None]:
+    try:
+        yield
+    except (KeyboardInterrupt, BrokenPipeError) as exc:
+        raise _Carried(exc) from None
+
+
+class _Group(TyperGroup):
+    """Typer's command group, except that interrupts and closed pipes reach ``main``, from
+    parsing (which takes tens of milliseconds) as from running a command."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> typer.Context:
+        with _carried_past_typer():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        with _carried_past_typer():
+            return super().invoke(ctx)
+
 
 app = typer.Typer(
     name="medfuse",
+    cls=_Group,
     help="Fuse co-registered MRI with SPECT, PET or CT images (LWNet, LYWNet, classical rules).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -58,10 +101,36 @@ def _show_notices() -> None:
 
 
 def main() -> None:
-    """Console-script entry point: run the app, turning MedfuseError into one line."""
+    """Run the app; a MedfuseError becomes ``error: <message>`` and status 1.
+
+    Standard output is flushed here rather than at interpreter exit, so that a failure to write
+    it is handled like any other: a full disk is an error, a closed pipe a quiet status 141.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C (the console script reports it).
+    """
     _show_notices()
     try:
-        app()
+        try:
+            app()
+        except _Carried as carried:
+            raise carried.exception from None
+        finally:
+            _flush_stdout()
+    except BrokenPipeError:
+        sys.exit(BROKEN_PIPE_STATUS)
     except MedfuseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+def _flush_stdout() -> None:
+    """Flush standard output; when that fails, point it at /dev/null before raising, so that the
+    interpreter's own flush at exit has nothing left to fail on (and prints no second error)."""
+    try:
+        write_stdout()
+    except OSError:  # BrokenPipeError, or OutputError for any other failure
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        raise

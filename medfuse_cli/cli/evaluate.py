@@ -81,7 +81,7 @@ def evaluate(
     torch_device = resolve_device(device)
     total = sum(len(s.pairs) for s in pair_sets) * len(methods)
 
-    with options.progress_bar("scoring", quiet or not options.stderr.is_terminal) as progress:
+    with options.progress_bar("scoring", quiet) as progress:
         task = progress.add_task("evaluate", total=total)
 
         def skipped(label: str, reason: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections import Counter
@@ -10,8 +11,10 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from medfuse_cli.atomic import prepare_folder
 from medfuse_cli.cli import options
 from medfuse_cli.errors import InputError, OutputError
+from medfuse_cli.io import write_stdout
 
 if TYPE_CHECKING:  # the flow (and torch) is imported when the command runs, not for --help
     from medfuse_cli.pipeline import Fusion, PairOutcome
@@ -35,6 +38,11 @@ def fuse(
     chroma: str = options.CHROMA,
     max_pixels: int = options.MAX_PIXELS,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    skip_existing: bool = typer.Option(
+        False,
+        "--skip-existing",
+        help="Keep existing output files and fuse only the pairs without one (resumes an interrupted folder run).",
+    ),
     batch_size: int = options.BATCH_SIZE,
     quiet: bool = options.QUIET,
     as_json: bool = options.JSON,
@@ -44,6 +52,13 @@ def fuse(
     What medfuse decides from the data (colour or gray second image, which checkpoint) is in the
     summary line and in --json; --chroma and --checkpoint override it.
     """
+    if output == "-" and as_json:
+        raise InputError(
+            "--json and -o - both use standard output; write the image to a file, or drop --json"
+        )
+    if overwrite and skip_existing:
+        raise InputError("--overwrite replaces existing outputs and --skip-existing keeps them: pass one")
+    existing = "replace" if overwrite else "skip" if skip_existing else "refuse"
     from medfuse_cli.pipeline import Fusion, check_chroma
 
     started = time.perf_counter()
@@ -55,20 +70,21 @@ def fuse(
     check_chroma(chroma)  # an unknown value fails before any work
     if mri.is_dir() or functional.is_dir():
         reading = {"resize": resize, "chroma": chroma, "max_pixels": max_pixels}
-        outcomes = _fuse_folders(fusion, mri, functional, Path(output), batch_size, reading, overwrite, quiet)
+        outcomes = _fuse_folders(fusion, mri, functional, Path(output), batch_size, reading, existing, quiet)
     else:
-        outcomes = [_fuse_one(fusion, mri, functional, output, resize, chroma, max_pixels, overwrite)]
+        outcomes = [_fuse_one(fusion, mri, functional, output, resize, chroma, max_pixels, existing)]
     failed = [o for o in outcomes if o.error]
     seconds = time.perf_counter() - started
     if as_json:
         summary = {
             **fusion.describe(),
-            "written": len(outcomes) - len(failed),
+            "written": sum(o.written for o in outcomes),
+            "skipped": sum(o.skipped for o in outcomes),
             "failed": [{"pair": o.name, "error": o.error} for o in failed],
             "pairs": [o.to_json() for o in outcomes],
             "seconds": round(seconds, 3),
         }
-        print(json.dumps(summary))
+        write_stdout(f"{json.dumps(summary)}\n".encode())  # a full disk is one line, not a traceback
     elif not quiet and output != "-":
         _stderr.print(_summary_line(fusion, outcomes, seconds), markup=False, soft_wrap=True)
     if failed:
@@ -76,31 +92,34 @@ def fuse(
 
 
 def _summary_line(fusion: Fusion, outcomes: list[PairOutcome], seconds: float) -> str:
-    """One line: how many pairs, with what, and what was decided from the data."""
-    written = [o for o in outcomes if not o.error]
+    """One line: how many pairs, with what, what was decided from the data, and what was kept."""
+    written = [o for o in outcomes if o.written]
     about = fusion.describe()
     line = f"fused {len(written)} of {len(outcomes)} pair(s) with {about['model']}"
     if len(written) == 1 and written[0].second is not None:
         only = written[0]
-        decided = f"second image {only.second.describe()}"
+        line += f" (second image {only.second.describe()}"
         if only.checkpoint:
-            decided += f", checkpoint {only.checkpoint}"
-    else:
+            line += f", checkpoint {only.checkpoint}"
+        line += ")"
+    elif written:
         readings = Counter("colour" if o.second.is_color else "gray" for o in written if o.second)
         checkpoints = Counter(o.checkpoint for o in written if o.checkpoint)
-        decided = "second images " + ", ".join(f"{n} {what}" for what, n in sorted(readings.items()))
+        line += " (second images " + ", ".join(f"{n} {what}" for what, n in sorted(readings.items()))
         if checkpoints:
-            decided += "; checkpoints " + ", ".join(f"{name} ×{n}" for name, n in sorted(checkpoints.items()))
-    return f"{line} ({decided}) on {about['device']}, {about['threads']} thread(s), in {seconds:.2f} s"
+            line += "; checkpoints " + ", ".join(f"{name} ×{n}" for name, n in sorted(checkpoints.items()))
+        line += ")"
+    line += f" on {about['device']}, {about['threads']} thread(s), in {seconds:.2f} s"
+    skipped = sum(o.skipped for o in outcomes)
+    return f"{line}; {skipped} skipped (output exists)" if skipped else line
 
 
-def _check_output_file(output: Path, inputs: tuple[Path, ...], overwrite: bool) -> None:
+def _check_output_file(output: Path, inputs: tuple[Path, ...]) -> None:
+    """Refuse an output file that could never be written, before any work."""
     if not output.parent.is_dir():
         raise OutputError(f"output folder does not exist: {output.parent}")
     if any(output.resolve() == source.resolve() for source in inputs):
         raise OutputError(f"refusing to write over an input: {output}")
-    if output.exists() and not overwrite:
-        raise OutputError(f"output exists: {output} (pass --overwrite to replace it)")
     if output.suffix.lower() != ".png":
         raise OutputError(f"output must be a .png file (or -): {output}")
 
@@ -113,16 +132,28 @@ def _fuse_one(
     resize: bool,
     chroma: str,
     max_pixels: int,
-    overwrite: bool,
+    existing: str,
 ) -> PairOutcome:
-    from medfuse_cli.pipeline import PairOutcome, load_pair, write_fused
+    from medfuse_cli.pipeline import PairOutcome, load_pair, output_exists_message, write_fused, write_outcome
 
     if output != "-":
-        _check_output_file(Path(output), (mri, functional), overwrite)
+        path = Path(output)
+        _check_output_file(path, (mri, functional))
+        if existing != "replace" and path.exists():  # checked again when the file is published
+            if existing == "skip":
+                return PairOutcome(mri.stem, path, skipped=True)
+            raise OutputError(output_exists_message(path))
+        _prepare_folder(path.parent)
     pair = load_pair(mri.stem, mri, functional, resize, chroma, max_pixels)
     fused = fusion.fuse_y(pair.anatomical_y, pair.functional_y, pair.kind)
-    write_fused(output, pair, fused)
-    return PairOutcome(pair.name, Path(output), None, pair.second, fusion.checkpoint_for(pair.kind))
+    done = PairOutcome(pair.name, Path(output), None, pair.second, fusion.checkpoint_for(pair.kind))
+    if output == "-":
+        write_fused(output, pair, fused)
+        return done
+    outcome = write_outcome(done, pair, fused, existing)
+    if outcome.error:
+        raise OutputError(outcome.error)
+    return outcome
 
 
 def _fuse_folders(
@@ -132,7 +163,7 @@ def _fuse_folders(
     output_dir: Path,
     batch_size: int,
     reading: dict,
-    overwrite: bool,
+    existing: str,
     quiet: bool,
 ) -> list[PairOutcome]:
     from medfuse_cli.pairs import pair_folders
@@ -148,19 +179,64 @@ def _fuse_folders(
         raise OutputError("the output folder must differ from both input folders")
     pairs = pair_folders(mri_dir, functional_dir)
     jobs = [PairJob(name, a, b, output_dir / f"{name}.png") for name, a, b in pairs]
-    existing = [job.output.name for job in jobs if job.output.exists()]
-    if existing and not overwrite:
+    present = [job.output.name for job in jobs if job.output.exists()]
+    if present and existing == "refuse":
         raise OutputError(
-            f"{len(existing)} output file(s) exist in {output_dir} (e.g. {', '.join(existing[:3])}); "
-            "pass --overwrite to replace them"
+            f"{len(present)} output file(s) exist in {output_dir} (e.g. {', '.join(present[:3])}); "
+            "pass --overwrite to replace them, or --skip-existing to keep them and fuse the rest"
         )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with options.progress_bar("fusing", quiet) as progress:
-        task = progress.add_task("fuse", total=len(jobs))
+    created = _create_folder(output_dir)
+    try:
+        _prepare_folder(output_dir)
+        with options.progress_bar("fusing", quiet) as progress:
+            task = progress.add_task("fuse", total=len(jobs))
 
-        def report(outcome: PairOutcome) -> None:
-            progress.advance(task)
-            if outcome.error and not quiet:
-                progress.console.print(f"skipped {outcome.name}: {outcome.error}", markup=False)
+            def report(outcome: PairOutcome) -> None:
+                progress.advance(task)
+                if outcome.error and not quiet:
+                    progress.console.print(f"failed {outcome.name}: {outcome.error}", markup=False)
 
-        return fuse_folders(fusion, jobs, batch_size=batch_size, on_done=report, **reading)
+            return fuse_folders(
+                fusion, jobs, batch_size=batch_size, on_done=report, existing=existing, **reading
+            )
+    finally:
+        _remove_if_empty(created)
+
+
+def _create_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those this call created, innermost first.
+
+    Raises:
+        OutputError: a folder cannot be created (a parent is a file, read-only, ...).
+    """
+    missing = list(itertools.takewhile(lambda f: not f.exists(), (folder, *folder.parents)))
+    created: list[Path] = []
+    for candidate in reversed(missing):
+        try:
+            candidate.mkdir()
+        except FileExistsError:  # made meanwhile by someone else: not ours to remove
+            continue
+        except OSError as exc:
+            _remove_if_empty(created[::-1])
+            raise OutputError(f"cannot create the output folder {candidate}: {exc.strerror or exc}") from None
+        created.append(candidate)
+    return created[::-1]
+
+
+def _remove_if_empty(created: list[Path]) -> None:
+    """Remove the folders a run created (innermost first) as long as they are empty, so a run that
+    wrote nothing (every pair failed, an error, an interrupt) leaves no empty folder behind."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: the run wrote something
+            return
+
+
+def _prepare_folder(folder: Path) -> None:
+    """``medfuse_cli.atomic.prepare_folder`` (clear killed runs' temporary files, check access),
+    with a folder that cannot be written said in one line before any work."""
+    try:
+        prepare_folder(folder)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {folder}: {exc.strerror or exc}") from None

@@ -7,6 +7,7 @@ it from here: ``--device``, ``--threads``, ``--resize``, ``--chroma``, ``--check
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -50,14 +51,79 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or summary li
 JSON = typer.Option(False, "--json", help="Print a machine-readable JSON summary on stdout.")
 
 
-stderr = Console(stderr=True)
+# soft_wrap: a message is one whole line whatever the terminal's width (or none), so paths in
+# ``skipped …`` lines are never split.
+stderr = Console(stderr=True, soft_wrap=True)
 
 
-def progress_bar(label: str, quiet: bool, eta: bool = True) -> Progress:
-    """The subcommands' progress bar: on stderr (stdout stays for --json and PNGs), gone when done.
+class LineProgress:
+    """Progress as whole lines on stderr, for logs and pipes where a live bar cannot draw.
+
+    The subset of ``rich.progress.Progress`` the commands use (``add_task``, ``advance``,
+    ``update``, ``console``, a context manager). A line is printed at each tenth of a task's
+    total and at most every 30 s in between, once some work is done (so a command that fails
+    on its first item says only its one ``error:`` line).
+    """
+
+    def __init__(self, label: str, console: Console, interval: float = 30.0) -> None:
+        self.label, self.console, self.interval = label, console, interval
+        self._tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None, **_: object) -> int:
+        task = len(self._tasks)
+        self._tasks[task] = {
+            "description": description,
+            "total": total,
+            "completed": 0,
+            "tenth": -1,
+            "at": 0.0,
+        }
+        self._report(task)
+        return task
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        self._tasks[task]["completed"] += advance
+        self._report(task)
+
+    def update(
+        self, task: int, description: str | None = None, completed: float | None = None, **_: object
+    ) -> None:
+        state = self._tasks[task]
+        if description is not None:
+            state["description"] = description
+        if completed is not None:
+            state["completed"] = completed
+        self._report(task)
+
+    def _report(self, task: int) -> None:
+        state = self._tasks[task]
+        total, done = state["total"], state["completed"]
+        if not done:
+            return
+        tenth = int(10 * done / total) if total else 0
+        now = time.monotonic()
+        if tenth == state["tenth"] and now - state["at"] < self.interval:
+            return
+        state["tenth"], state["at"] = tenth, now
+        label = self.label.replace("{task.description}", str(state["description"]))
+        count = f"{done:g}/{total:g}" if total else f"{done:g}"
+        self.console.print(f"{label}: {count}", markup=False, highlight=False)
+
+
+def progress_bar(label: str, quiet: bool, eta: bool = True) -> Progress | LineProgress:
+    """The subcommands' progress on stderr (stdout stays for --json and PNGs): a live bar, gone
+    when done, on a terminal; whole lines otherwise (``LineProgress``); nothing when ``quiet``.
 
     ``label`` may use ``{task.description}`` to show what is being worked on.
     """
+    if not quiet and not stderr.is_terminal:
+        return LineProgress(label, stderr)
     columns = [TextColumn(label), BarColumn(), MofNCompleteColumn()]
     if eta:
         columns.append(TimeRemainingColumn())

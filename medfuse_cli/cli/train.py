@@ -23,8 +23,6 @@ from medfuse_cli.cli import options
 from medfuse_cli.errors import InputError
 from medfuse_cli.training.events import EpochFinished, EpochStarted, Event, Message, StepDone
 from medfuse_cli.training.recipes import DEFAULT_RECIPES, RECIPES
-from medfuse_cli.training.run import RunSettings
-from medfuse_cli.training.trainers import TRAINERS, starting_point
 
 _LWNET, _LYWNET, _BOTH = ("lwnet",), ("lywnet",), ("lwnet", "lywnet")
 
@@ -84,7 +82,7 @@ def train(
         None,
         "--model",
         "-m",
-        help=f"Network to train: {' or '.join(TRAINERS)}. Default: the recipe's; with --resume, the run's.",
+        help=f"Network to train: {' or '.join(DEFAULT_RECIPES)}. Default: the recipe's; with --resume, the run's.",
     ),
     recipe: str | None = typer.Option(None, "--recipe", help=_RECIPE_HELP),
     resume: bool = typer.Option(
@@ -191,6 +189,10 @@ def train(
         ("--min-lr", "min_lr", min_lr, _LYWNET),
         ("--monitor", "monitor", tuple(str(m) for m in monitor) if monitor else None, _LYWNET),
     ]
+    # Imported here, not at the top: the trainers pull in torch, which `--help` need not pay for.
+    from medfuse_cli.training.run import RunSettings
+    from medfuse_cli.training.trainers import starting_point
+
     start = starting_point(out, model, recipe, resume)
     changes = {}
     for flag, field, value, models in given:

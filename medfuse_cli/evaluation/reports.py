@@ -34,6 +34,6 @@ def write_reports(results: list[PairSetResult], parent: bool, out_dir: Path) -> 
     written = []
     for name, text in files.items():
         path = out_dir / name
-        write_atomically(path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+        write_atomically(path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"), overwrite=True)
         written.append(path)
     return written

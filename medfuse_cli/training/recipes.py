@@ -5,8 +5,9 @@ A recipe is a complete config for one trainer plus the thread count it was run w
 replaces the recipe's value; without ``--recipe`` each network has a default recipe
 (``DEFAULT_RECIPES``). ``lwnet-functional`` and ``lwnet-ct`` are the recipes of the shipped
 LWNet checkpoints (their ``config`` metadata; a test checks they agree), so
-``medfuse train ../shared/data/harvard/CT-MRI/train --model lwnet --recipe lwnet-ct -o runs/x``
-retrains ``lwnet.ct``.
+``medfuse train ../shared/data/harvard/CT-MRI/train --recipe lwnet-ct -o runs/x`` retrains
+``lwnet.ct`` (bit for bit only with the code it was trained with: since then the ``laplacian``
+rule and LWNet's eval-mode forward have changed, which moves SPI's later label updates a little).
 
 Folders in a recipe (SPI's label folders, LYWNet's monitor folders) are relative to the folder
 the command runs in: the project's checkout beside ``../shared``, where the shipped runs were
@@ -100,7 +101,7 @@ RECIPES: dict[str, Recipe] = {
             "lywnet-authors",
             "lywnet",
             "the authors' schedule: 1000 epochs, Adam 1e-4 constant, batch 16, 32 px (a GPU's job: "
-            "--device cuda); with --epochs 2 --threads 1, the shipped lywnet.harvard",
+            "--device cuda); --epochs 2 --threads 1 is the shipped lywnet.harvard's schedule",
             _LYWNET_AUTHORS,
         ),
         Recipe(
