@@ -56,6 +56,7 @@ class LoadedImage:
 
     @property
     def is_color(self) -> bool:
+        """True for (H, W, 3) pixels (an RGB file whose channels are not all equal)."""
         return self.pixels.ndim == 3
 
     @property

@@ -69,6 +69,7 @@ class ColourReading:
         return f"gray ({self.decided_by})"
 
     def to_json(self) -> dict:
+        """The reading as ``--json`` reports it (per pair)."""
         return {
             "read_as": "color" if self.is_color else "gray",
             "coloured_share": round(self.coloured_share, 6),
@@ -100,6 +101,7 @@ class Pair:
 
     @property
     def is_color(self) -> bool:
+        """True when the second image was read as colour (its chroma goes to the output)."""
         return self.chroma is not None
 
     @property
@@ -396,6 +398,7 @@ class PairOutcome:
         return self.error is None and not self.skipped
 
     def to_json(self) -> dict:
+        """The pair's entry in ``medfuse fuse --json``: output, error, and what was decided."""
         row: dict = {"pair": self.name, "output": str(self.output)}
         if self.error:
             row["error"] = self.error

@@ -58,3 +58,23 @@ def test_the_cli_refuses_below_the_minimum_in_one_line(name: str, tmp_path: Path
         assert small.code == 1
         assert small.stderr.startswith("error: ") and small.stderr.count("\n") == 1, small.stderr
         assert not (tmp_path / "small.png").exists()
+
+
+def test_a_pair_the_fuser_refuses_is_that_pair_s_failure_in_a_folder_run(tmp_path: Path, run_cli) -> None:
+    """LYWNet refuses 3×3; in a folder with two good 16×16 pairs, those are written and the JSON
+    names the one that failed."""
+    import json
+
+    mri_dir, ct_dir = tmp_path / "MRI", tmp_path / "CT"
+    mri_dir.mkdir()
+    ct_dir.mkdir()
+    rng = np.random.default_rng(1)
+    for name, side in (("a", 16), ("b", 3), ("c", 16)):
+        for folder in (mri_dir, ct_dir):
+            Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8)).save(folder / f"{name}.png")
+    result = run_cli("fuse", mri_dir, ct_dir, "-o", tmp_path / "out", "-m", "lywnet", "--json")
+    assert result.code == 1
+    summary = json.loads(result.stdout)
+    assert summary["written"] == 2
+    assert [f["pair"] for f in summary["failed"]] == ["b"] and "at least 5x5" in summary["failed"][0]["error"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]

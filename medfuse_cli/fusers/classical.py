@@ -56,6 +56,12 @@ class AverageFusion(nn.Module):
     min_size = 1
 
     def forward(self, anatomical: Tensor, functional: Tensor) -> Tensor:
+        """Fuse by the pixel-wise mean F = (A + B) / 2.
+
+        anatomical, functional: (N, 1, H, W) Y in [0, 1], one shape, H and W ≥ ``min_size``, float32
+        (any floating dtype works). Returns the fused Y: (N, 1, H, W), same dtype and device,
+        in [0, 1].
+        """
         _check_pair("average", self.min_size, anatomical, functional)
         return (anatomical + functional) / 2
 
@@ -74,6 +80,12 @@ class MaximumFusion(nn.Module):
     min_size = 1
 
     def forward(self, anatomical: Tensor, functional: Tensor) -> Tensor:
+        """Fuse by the pixel-wise maximum F = max(A, B).
+
+        anatomical, functional: (N, 1, H, W) Y in [0, 1], one shape, H and W ≥ ``min_size``, float32
+        (any floating dtype works). Returns the fused Y: (N, 1, H, W), same dtype and device,
+        in [0, 1].
+        """
         _check_pair("maximum", self.min_size, anatomical, functional)
         return torch.maximum(anatomical, functional)
 
@@ -192,6 +204,12 @@ class LaplacianPyramidFusion(nn.Module):
         self.levels = levels
 
     def forward(self, anatomical: Tensor, functional: Tensor) -> Tensor:
+        """Fuse the Laplacian pyramids: max-abs details, mean base, collapsed by EXPAND-and-add.
+
+        anatomical, functional: (N, 1, H, W) Y in [0, 1], one shape, H and W ≥ ``min_size``, float32
+        (any floating dtype works). Returns the fused Y: (N, 1, H, W), same dtype and device,
+        clamped to [0, 1].
+        """
         _check_pair("laplacian", self.min_size, anatomical, functional)
         levels = _pyramid_levels(*anatomical.shape[-2:], wanted=self.levels, smallest=2)
         if levels == 0:
@@ -310,6 +328,12 @@ class WaveletFusion(nn.Module):
         self.levels = levels
 
     def forward(self, anatomical: Tensor, functional: Tensor) -> Tensor:
+        """Fuse in the CDF 5/3 DWT domain: max-abs details, mean approximation, inverse transform.
+
+        anatomical, functional: (N, 1, H, W) Y in [0, 1], one shape, H and W ≥ ``min_size``, float32
+        (any floating dtype works). Returns the fused Y: (N, 1, H, W), same dtype and device,
+        clamped to [0, 1].
+        """
         _check_pair("wavelet", self.min_size, anatomical, functional)
         height, width = anatomical.shape[-2:]
         levels = _pyramid_levels(height, width, wanted=self.levels, smallest=1)

@@ -70,6 +70,11 @@ class AdaptiveChannelAttention(nn.Module):
         self.conv = nn.Conv1d(groups, groups, k, padding=k // 2, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reweight each channel by ECA's attention: a weight in [0, 1] from its own modality's channel means.
+
+        x: (N, groups·C, h, w) float32, each modality's C channels in turn; in LWNet, groups = 2 and x is
+        the deep features, (N, 2C, ⌈H/8⌉, ⌈W/8⌉). Returns x times the weights: same shape, float32.
+        """
         n = x.shape[0]
         pooled = x.mean(dim=(2, 3)).view(n, self.groups, -1)  # (N, groups, C)
         weights = torch.sigmoid(self.conv(pooled)).view(n, -1, 1, 1)  # (N, groups·C, 1, 1)
@@ -97,6 +102,12 @@ class Encoders(nn.Module):
         self.aca = AdaptiveChannelAttention(channels, groups=MODALITIES)
 
     def forward(self, *images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode MRI and functional Y: shallow ¼-resolution features (the decoder's skip) and deep ⅛ ones.
+
+        images: the MRI Y, then the functional Y, each (N, 1, H, W) float32 in [0, 1], H and W multiples
+        of 4 (LWNet pads them). Returns (shallow, deep), float32, MRI channels first, no fixed range:
+        shallow (N, 2C, H/4, W/4) after LeakyReLU; deep (N, 2C, ⌈H/8⌉, ⌈W/8⌉) after LeakyReLU and ACA.
+        """
         shallow = F.leaky_relu(
             torch.cat([conv(y) for conv, y in zip(self.shallow, images, strict=True)], 1), 0.1
         )
@@ -126,6 +137,12 @@ class MultiScaleCrossAttention(nn.Module):
         self.reassemble = nn.Conv2d(2 * len(kernels) * channels, channels, 1)
 
     def forward(self, deep: torch.Tensor) -> torch.Tensor:
+        """Split both modalities' deep features into K depthwise scales, cross-attend both ways, reassemble.
+
+        deep: (N, 2C, h, w) float32, the MRI's channels (Fa) then the functional's (Fb); in LWNet
+        h, w = ⌈H/8⌉, ⌈W/8⌉ of the padded input, but any h×w works. Returns the mixed features
+        (N, C, h, w), float32, no fixed range (the 1×1 ``reassemble`` output, no activation).
+        """
         n, _, h, w = deep.shape
         c, k = self.reassemble.out_channels, len(self.split)
         # Every scale of both modalities as pixel rows: (N, H·W, K, [Fa_k | Fb_k]).
@@ -159,6 +176,12 @@ class Decoder(nn.Module):
         self.out = nn.Conv2d(channels, SHALLOW_STRIDE**2, 3, padding=1)
 
     def forward(self, mixed: torch.Tensor, shallow: torch.Tensor) -> torch.Tensor:
+        """Predict m, the MRI's per-pixel weight, from the cross-attended features and both shallow skips.
+
+        mixed: (N, C, h, w) from MCA (⌈H/8⌉×⌈W/8⌉ in LWNet; resized to the skips, so any h×w works);
+        shallow: (N, 2C, H/4, W/4) from the encoders, H and W the padded input size (multiples of 4).
+        Returns m: (N, 1, H, W) float32 in [0, 1] (a sigmoid, which float32 rounds to 0 or 1 far out).
+        """
         up = F.interpolate(mixed, size=shallow.shape[-2:], mode="bilinear", align_corners=False)
         x = F.leaky_relu(self.mix(torch.cat([up, shallow], dim=1)), 0.1)
         return torch.sigmoid(F.pixel_shuffle(self.out(x), SHALLOW_STRIDE))

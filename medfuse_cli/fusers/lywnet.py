@@ -54,6 +54,13 @@ class ImageNorm(nn.BatchNorm2d):
         super().__init__(channels, track_running_stats=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise each channel to zero mean and unit variance, then scale by ``weight``, shift by ``bias``.
+
+        Training (``self.training``): the whole batch's statistics, per channel over N, H and W (BatchNorm).
+        Inference (``eval()``): each image's own, per channel over H and W (instance norm), so batching
+        never changes a result. Both use the biased variance plus ``eps``. x: (N, C, H, W) float32, with
+        more than one value per channel to average over; returns the same shape, float32, no fixed range.
+        """
         if self.training:
             return super().forward(x)
         return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
@@ -79,6 +86,11 @@ class FeaturePreprocessor(nn.Module):
         self.norm = ImageNorm()
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Fig. 3: lift a Y image to C features from 1x1, 3x3 and 5x5 convolutions in sequence, merged by 1x1.
+
+        y: (N, 1, H, W) float32 Y in [0, 1], any H, W (LYWNet's are padded to multiples of 4).
+        Returns (N, C, H, W) float32, ≥ 0 (a ReLU comes last).
+        """
         a = self._cbr(self.conv_a, y)
         b = self._cbr(self.conv_b, a)
         c = self._cbr(self.conv_c, b)
@@ -101,6 +113,11 @@ class MicroPyramid(nn.Module):
         self.norm = ImageNorm()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 1: add the full, 1/2 and 1/4-resolution pyramid levels to x and normalise the sum.
+
+        x: (N, C, H, W) float32, H and W divisible by 4 (the 1/4 level is pooled twice and upsampled
+        back; LYWNet pads its inputs so this holds). Returns (N, C, H, W) float32, no fixed range.
+        """
         levels = [x]
         for level in range(3):
             y = x
@@ -124,6 +141,10 @@ class BasicBlock(nn.Module):
         self.bn2 = ImageNorm()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fig. 5's basic block: refine x by two 3x3 convolutions around an identity shortcut.
+
+        x: (N, C, H, W) float32, any H, W. Returns (N, C, H, W) float32, ≥ 0 (ReLU after the sum).
+        """
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(x + self.bn2(self.conv2(out)))
 
@@ -141,6 +162,10 @@ class Bottleneck(nn.Module):
         self.bn3 = ImageNorm()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fig. 5's bottleneck: refine x by 1x1, 3x3 and 1x1 convolutions around an identity shortcut.
+
+        x: (N, C, H, W) float32, any H, W. Returns (N, C, H, W) float32, ≥ 0 (ReLU after the sum).
+        """
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         return F.relu(x + self.bn3(self.conv3(out)))
@@ -155,6 +180,11 @@ class RepeatedBlock(nn.Module):
         self.times = times
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the one block ``times`` times in a row, x ← block(x), with the same weights each time.
+
+        x: (N, C, H, W) float32, any H, W. Returns the same shape, float32; ≥ 0 for the multi basic block
+        and the multi bottleneck, whose blocks end in a ReLU.
+        """
         for _ in range(self.times):
             x = self.block(x)
         return x
@@ -190,6 +220,11 @@ class MicroPPM(nn.Module):
         self.merge = conv(2 * CHANNELS, CHANNELS, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fig. 6: add context from one pooled scale (5x5 average, stride 2) to the 1x1 projection of x.
+
+        x: (N, C, H, W) float32, H and W even (pooled by 2 and upsampled back; LYWNet's are multiples of 4).
+        Returns (N, C, H, W) float32, no fixed range (no activation after the last 1x1).
+        """
         pooled = F.avg_pool2d(x, kernel_size=5, stride=2, padding=2)
         scale = F.interpolate(F.relu(self.norm(pooled)), scale_factor=2, mode="nearest") + self.proj(x)
         return self.proj(x) + self.merge(torch.cat([self.conv(scale), self.proj(x)], dim=1))
@@ -203,6 +238,11 @@ class BAG(nn.Module):
     """
 
     def forward(self, p: torch.Tensor, i: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Fig. 7: blend the pyramid branch p and the context i per element, as the detail branch d decides.
+
+        p, i, d: (N, C, H, W) float32 each, any H, W. Returns (N, C, H, W) float32: per element a convex
+        mix of p and i, whose weight sigmoid(d) is in [0, 1].
+        """
         edge = torch.sigmoid(d)
         return p * edge + i * (1 - edge)
 
@@ -225,6 +265,11 @@ class LYWBlock(nn.Module):
         self.bag = BAG()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fig. 5: one LYW block: pyramid, basic-block and bottleneck branches crossed twice, joined by BAG.
+
+        x: (N, C, H, W) float32, H and W divisible by 4 (for the micro pyramid; LYWNet pads its inputs).
+        Returns (N, C, H, W) float32, no fixed range.
+        """
         p0, r0, k0 = self.pyramid(x), self.basic(x), self.bottleneck(x)
         p1 = self.pyramid(self.norm(p0 + r0))
         r1 = self.basic(r0)
@@ -242,6 +287,11 @@ class FeatureExtractor(nn.Module):
         self.repeats = repeats
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Fig. 4: a Y image's features: preprocessor, the shared LYW block ``repeats`` times, + residual.
+
+        y: (N, 1, H, W) float32 Y in [0, 1], H and W divisible by 4 (LYWNet pads its inputs).
+        Returns the features, (N, C, H, W) float32, no fixed range.
+        """
         x = self.preprocessor(y)
         out = x
         for _ in range(self.repeats):
@@ -263,6 +313,11 @@ class FDSFusion(nn.Module):
         self.temperature = temperature
 
     def forward(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        """Eq. 6: fuse the MRI's features fa and the functional's fb per element, softmax weights at T.
+
+        fa, fb: (N, C, H, W) float32 each, any H, W. Returns (N, C, H, W) float32: per element a convex
+        mix of fa and fb, whose weight k_a is in [0, 1].
+        """
         ka = torch.sigmoid((fa - fb) / self.temperature)
         return ka * fa + (1 - ka) * fb
 
@@ -277,6 +332,11 @@ class Reconstructor(nn.Module):
         self.conv3 = conv(CHANNELS // 2, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fig. 2: map features (fused, or one image's in training) back to a Y image; C → C → C/2 → 1.
+
+        x: (N, C, H, W) float32, any H, W. Returns (N, 1, H, W) float32, not clamped: no fixed range
+        (LYWNet clamps the fused Y to [0, 1]).
+        """
         return self.conv3(self.conv2(self.conv1(x)))
 
 

@@ -116,6 +116,7 @@ class FuserSpec:
 
     @property
     def needs_weights(self) -> bool:
+        """True for networks: they fuse only with a checkpoint or a weights file."""
         return self.kind == "network"
 
     def checkpoint(self, name: str) -> Checkpoint:
