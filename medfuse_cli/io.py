@@ -77,7 +77,7 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
         The pixels as float32 in [0, 1], shape (H, W) or (H, W, 3), and their stored bit depth.
 
     Raises:
-        InputError: a missing file or a folder; an image above ``max_pixels`` or whose header
+        InputError: a missing file, a folder, a device or pipe; an image above ``max_pixels`` or whose header
             is truncated or claims a zero or absurd size; an unsupported or corrupt image; not
             enough memory to decode it.
     """
@@ -86,6 +86,8 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
         raise InputError(f"file not found: {path}")
     if path.is_dir():
         raise InputError(f"expected an image file, got a folder: {path}")
+    if not path.is_file():  # a device, FIFO or socket (e.g. /dev/zero) has no end to read to
+        raise InputError(f"expected an image file, got a device or pipe: {path}")
     data = path.read_bytes()
     if data.startswith(_PNG_SIGNATURE):
         _check_png_header(data, path, max_pixels)

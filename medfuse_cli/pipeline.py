@@ -238,6 +238,7 @@ class Fusion:
         self.weights = weights
         self.checkpoint = checkpoint
         self.options = options or {}
+        self.spec.check_options(self.options)
         self.pretrained = pretrained
         self._modules: dict[str | None, nn.Module] = {}
         if not self.spec.needs_weights and (weights is not None or checkpoint is not None):

@@ -101,7 +101,8 @@ def _show_notices() -> None:
 
 
 def main() -> None:
-    """Run the app; a MedfuseError becomes ``error: <message>`` and status 1.
+    """Run the app; a MedfuseError, or an OSError no command explained (a report folder that
+    cannot be written, a full disk), becomes one ``error: …`` line and status 1.
 
     Standard output is flushed here rather than at interpreter exit, so that a failure to write
     it is handled like any other: a full disk is an error, a closed pipe a quiet status 141.
@@ -121,6 +122,10 @@ def main() -> None:
         sys.exit(BROKEN_PIPE_STATUS)
     except MedfuseError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as exc:  # a file-system failure no command turned into its own message
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         sys.exit(1)
 
 

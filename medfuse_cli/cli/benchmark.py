@@ -22,6 +22,11 @@ if TYPE_CHECKING:  # torch and the zoo are imported when the command runs, not f
 _stderr = options.stderr
 
 
+# The largest batch × side² a row may ask for: 2^26 pixels is 256 MiB per float32 input tensor,
+# far above any real use (16 pairs of 2048²) and far below what would exhaust the machine.
+MAX_PIXELS_PER_CALL = 1 << 26
+
+
 def _batch_sizes(text: str) -> list[int]:
     try:
         sizes = [int(part) for part in text.split(",") if part.strip()]
@@ -60,11 +65,17 @@ def benchmark(
     from medfuse_cli.devices import resolve_device
     from medfuse_cli.fusers import list_fusers
 
+    batches = _batch_sizes(batch)
+    if max(batches) * size * size > MAX_PIXELS_PER_CALL:
+        raise InputError(
+            f"--batch {max(batches)} × --size {size}² is {max(batches) * size * size:,} pixels per call, above "
+            f"the {MAX_PIXELS_PER_CALL:,} a benchmark row may use; lower one of them"
+        )
     plan = BenchPlan(
         models=tuple(model or [spec.name for spec in list_fusers()]),
         device=resolve_device(device),
         size=size,
-        batches=tuple(_batch_sizes(batch)),
+        batches=tuple(batches),
         budget=TimingBudget(warmup=warmup, repeat=repeat, max_seconds=max_seconds),
         threads=threads,
         checkpoint=checkpoint,

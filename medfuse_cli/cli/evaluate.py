@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from medfuse_cli.cli import options
+from medfuse_cli.cli.output_folders import create_folder, prepare_output_folder, remove_if_empty
 from medfuse_cli.errors import InputError
 
 if TYPE_CHECKING:
@@ -81,41 +82,47 @@ def evaluate(
     torch_device = resolve_device(device)
     total = sum(len(s.pairs) for s in pair_sets) * len(methods)
 
-    with options.progress_bar("scoring", quiet) as progress:
-        task = progress.add_task("evaluate", total=total)
+    created: list[Path] = create_folder(out) if out is not None else []
+    try:  # an --out that cannot be written fails here, before minutes of scoring
+        if out is not None:
+            prepare_output_folder(out)
+        with options.progress_bar("scoring", quiet) as progress:
+            task = progress.add_task("evaluate", total=total)
 
-        def skipped(label: str, reason: str) -> None:
-            if as_json and not quiet:  # otherwise the tables say so
-                progress.console.print(f"skipped {label}: {reason}", markup=False, soft_wrap=True)
+            def skipped(label: str, reason: str) -> None:
+                if as_json and not quiet:  # otherwise the tables say so
+                    progress.console.print(f"skipped {label}: {reason}", markup=False, soft_wrap=True)
 
-        results = scoring.evaluate(
-            pair_sets,
-            methods,
-            metric_names,
-            torch_device,
-            resize=resize,
-            chroma=chroma,
-            max_pixels=max_pixels,
-            threads=threads,
-            methods_named=named,
-            on_progress=lambda n: progress.advance(task, n),
-            on_skip=skipped,
-        )
+            results = scoring.evaluate(
+                pair_sets,
+                methods,
+                metric_names,
+                torch_device,
+                resize=resize,
+                chroma=chroma,
+                max_pixels=max_pixels,
+                threads=threads,
+                methods_named=named,
+                on_progress=lambda n: progress.advance(task, n),
+                on_skip=skipped,
+            )
 
-    if as_json:
-        print(json.dumps(tables.results_json(results, parent)))
-    else:
-        console = Console()
-        for result in results:
-            console.print(_table(result))
-            for label, reason in result.skipped.items():
-                console.print(Text(f"skipped {label}: {reason}", style="dim"), soft_wrap=True)
-    if out is not None:
-        written = reports.write_reports(results, parent, out)
-        if plot:
-            written += plots.write_plots(results, out)
-        if not quiet:
-            _stderr.print(f"wrote {len(written)} files to {out}", markup=False)
+        if as_json:
+            print(json.dumps(tables.results_json(results, parent)))
+        else:
+            console = Console()
+            for result in results:
+                console.print(_table(result))
+                for label, reason in result.skipped.items():
+                    console.print(Text(f"skipped {label}: {reason}", style="dim"), soft_wrap=True)
+        if out is not None:
+            written = reports.write_reports(results, parent, out)
+            if plot:
+                written += plots.write_plots(results, out)
+            if not quiet:
+                _stderr.print(f"wrote {len(written)} files to {out}", markup=False)
+    finally:  # a run that wrote nothing leaves no folder it made
+        remove_if_empty(created)
 
 
 def _table(result: PairSetResult) -> Table:

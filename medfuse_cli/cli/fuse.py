@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from collections import Counter
@@ -11,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from medfuse_cli.atomic import prepare_folder
 from medfuse_cli.cli import options
+from medfuse_cli.cli.output_folders import create_folder, prepare_output_folder, remove_if_empty
 from medfuse_cli.errors import InputError, OutputError
 from medfuse_cli.io import write_stdout
 
@@ -143,7 +142,7 @@ def _fuse_one(
             if existing == "skip":
                 return PairOutcome(mri.stem, path, skipped=True)
             raise OutputError(output_exists_message(path))
-        _prepare_folder(path.parent)
+        prepare_output_folder(path.parent)
     pair = load_pair(mri.stem, mri, functional, resize, chroma, max_pixels)
     fused = fusion.fuse_y(pair.anatomical_y, pair.functional_y, pair.kind)
     done = PairOutcome(pair.name, Path(output), None, pair.second, fusion.checkpoint_for(pair.kind))
@@ -185,9 +184,9 @@ def _fuse_folders(
             f"{len(present)} output file(s) exist in {output_dir} (e.g. {', '.join(present[:3])}); "
             "pass --overwrite to replace them, or --skip-existing to keep them and fuse the rest"
         )
-    created = _create_folder(output_dir)
+    created = create_folder(output_dir)
     try:
-        _prepare_folder(output_dir)
+        prepare_output_folder(output_dir)
         with options.progress_bar("fusing", quiet) as progress:
             task = progress.add_task("fuse", total=len(jobs))
 
@@ -200,43 +199,4 @@ def _fuse_folders(
                 fusion, jobs, batch_size=batch_size, on_done=report, existing=existing, **reading
             )
     finally:
-        _remove_if_empty(created)
-
-
-def _create_folder(folder: Path) -> list[Path]:
-    """Create ``folder`` and its missing parents; return those this call created, innermost first.
-
-    Raises:
-        OutputError: a folder cannot be created (a parent is a file, read-only, ...).
-    """
-    missing = list(itertools.takewhile(lambda f: not f.exists(), (folder, *folder.parents)))
-    created: list[Path] = []
-    for candidate in reversed(missing):
-        try:
-            candidate.mkdir()
-        except FileExistsError:  # made meanwhile by someone else: not ours to remove
-            continue
-        except OSError as exc:
-            _remove_if_empty(created[::-1])
-            raise OutputError(f"cannot create the output folder {candidate}: {exc.strerror or exc}") from None
-        created.append(candidate)
-    return created[::-1]
-
-
-def _remove_if_empty(created: list[Path]) -> None:
-    """Remove the folders a run created (innermost first) as long as they are empty, so a run that
-    wrote nothing (every pair failed, an error, an interrupt) leaves no empty folder behind."""
-    for folder in created:
-        try:
-            folder.rmdir()
-        except OSError:  # not empty: the run wrote something
-            return
-
-
-def _prepare_folder(folder: Path) -> None:
-    """``medfuse_cli.atomic.prepare_folder`` (clear killed runs' temporary files, check access),
-    with a folder that cannot be written said in one line before any work."""
-    try:
-        prepare_folder(folder)
-    except OSError as exc:
-        raise OutputError(f"cannot write in {folder}: {exc.strerror or exc}") from None
+        remove_if_empty(created)

@@ -22,6 +22,7 @@ THREADS: int | None = typer.Option(
     None,
     "--threads",
     min=1,
+    max=1024,
     help="CPU threads for torch while fusing [default: the fuser's measured choice: 1 for lwnet and the rules, all cores for lywnet].",
 )
 RESIZE = typer.Option(

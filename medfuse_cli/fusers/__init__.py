@@ -55,6 +55,7 @@ def create_fuser(
         CheckpointError: the checkpoint is missing, corrupt, not finite or does not fit.
     """
     spec = get_fuser_spec(name)
+    spec.check_options(options)
     loaded = load_weights(spec, checkpoint, weights) if pretrained else None
     return spec.build(loaded, **options).eval().to(device)
 

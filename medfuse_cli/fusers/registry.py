@@ -101,6 +101,7 @@ class FuserSpec:
             torch's default (all cores). Chosen by measurement (BENCHMARKS.md).
         in_default_lineup: whether ``medfuse evaluate`` runs it when no method is named
             (False for fusers too slow to run unasked).
+        option_names: the fuser-specific settings its builder takes (e.g. ``temperature``).
         checkpoints: the checkpoints it ships, the default first.
     """
 
@@ -112,12 +113,20 @@ class FuserSpec:
     min_size: int = 1
     cpu_threads: int | None = None
     in_default_lineup: bool = True
+    option_names: tuple[str, ...] = ()
     checkpoints: tuple[Checkpoint, ...] = field(default_factory=tuple)
 
     @property
     def needs_weights(self) -> bool:
         """True for networks: they fuse only with a checkpoint or a weights file."""
         return self.kind == "network"
+
+    def check_options(self, options: Mapping[str, object]) -> None:
+        """Raise ``InputError`` for a setting this fuser does not take (e.g. LWNet's temperature)."""
+        unknown = sorted(set(options) - set(self.option_names))
+        if unknown:
+            takes = ", ".join(self.option_names) or "none"
+            raise InputError(f"model '{self.name}' takes no {', '.join(unknown)} (its settings: {takes})")
 
     def checkpoint(self, name: str) -> Checkpoint:
         """The checkpoint called ``name`` (``lwnet.ct`` or ``ct``).

@@ -1,0 +1,69 @@
+"""Faults a fresh-clone tester found, each kept as a test (one ``error:`` line, no traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def _one_error_line(result) -> None:
+    assert result.code == 1, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_setting_the_fuser_does_not_take_is_refused(examples: Path, tmp_path: Path, run_cli) -> None:
+    ct = examples / "CT-MRI"
+    result = run_cli(
+        "fuse",
+        ct / "MRI" / "2004.png",
+        ct / "CT" / "2004.png",
+        "-o",
+        tmp_path / "x.png",
+        "--temperature",
+        "5",
+    )
+    _one_error_line(result)
+    assert "takes no temperature" in result.stderr and not (tmp_path / "x.png").exists()
+
+
+def test_an_unwritable_report_folder_is_one_line(examples: Path, run_cli) -> None:
+    _one_error_line(
+        run_cli(
+            "evaluate",
+            examples / "CT-MRI",
+            "-m",
+            "average",
+            "--metrics",
+            "SSIM",
+            "--out",
+            "/proc/medfuse-report",
+        )
+    )
+
+
+def test_a_device_file_is_not_read_forever(examples: Path, tmp_path: Path, run_cli) -> None:
+    result = run_cli("fuse", examples / "CT-MRI" / "MRI" / "2004.png", "/dev/zero", "-o", tmp_path / "x.png")
+    _one_error_line(result)
+    assert "device or pipe" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [("--batch", "100000", "--size", "256"), ("--batch", "1", "--size", "100000")]
+)
+def test_a_benchmark_too_large_for_memory_is_refused(args: tuple[str, ...], run_cli) -> None:
+    _one_error_line(run_cli("benchmark", "-m", "average", *args))
+
+
+def test_absurd_thread_counts_are_usage_errors(examples: Path, tmp_path: Path, run_cli) -> None:
+    ct = examples / "CT-MRI"
+    result = run_cli(
+        "fuse",
+        ct / "MRI" / "2004.png",
+        ct / "CT" / "2004.png",
+        "-o",
+        tmp_path / "x.png",
+        "--threads",
+        "100000000000000000000",
+    )
+    assert result.code == 2 and "Traceback" not in result.stderr
