@@ -48,8 +48,9 @@ def list_images(folder: Path) -> list[Path]:
     """The image files directly in a folder.
 
     Args:
-        folder: A folder. Sub-folders, and files whose suffix is not one of ``IMAGE_SUFFIXES``
-            (compared case-insensitively), are ignored.
+        folder: A folder. Sub-folders, hidden files (``.name``: system files, other runs'
+            temporary files) and files whose suffix is not one of ``IMAGE_SUFFIXES`` (compared
+            case-insensitively) are ignored.
 
     Returns:
         The image paths, sorted by name.
@@ -60,7 +61,24 @@ def list_images(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    """The images of ``folder`` by file stem; two files of one stem (``a.png``, ``a.jpg``) are an
+    error, since either could be the pair's image."""
+    found: dict[str, Path] = {}
+    for path in list_images(folder):
+        if path.stem in found:
+            raise InputError(
+                f"two images named {path.stem} in {folder}: {found[path.stem].name} and {path.name}"
+            )
+        found[path.stem] = path
+    return found
 
 
 def pair_folders(first: Path, second: Path) -> list[PairFiles]:
@@ -77,11 +95,12 @@ def pair_folders(first: Path, second: Path) -> list[PairFiles]:
         One record per stem, sorted by stem.
 
     Raises:
-        MedfuseError: A folder is missing or holds no images, or some stems occur in only one
-            folder (the message counts them and names up to three per folder).
+        InputError: A folder is missing or holds no images, a stem occurs twice in one folder,
+            or some stems occur in only one folder (the message counts them and names up to
+            three per folder).
     """
-    first_files = {p.stem: p for p in list_images(first)}
-    second_files = {p.stem: p for p in list_images(second)}
+    first_files = _by_stem(first)
+    second_files = _by_stem(second)
     if not first_files:
         raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {first}")
     if not second_files:

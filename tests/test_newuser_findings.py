@@ -67,3 +67,23 @@ def test_absurd_thread_counts_are_usage_errors(examples: Path, tmp_path: Path, r
         "100000000000000000000",
     )
     assert result.code == 2 and "Traceback" not in result.stderr
+
+
+def test_hidden_files_are_not_images_and_a_stem_twice_is_an_error(tmp_path: Path, run_cli) -> None:
+    import numpy as np
+    from PIL import Image
+
+    mri, ct = tmp_path / "MRI", tmp_path / "CT"
+    for folder in (mri, ct):
+        folder.mkdir()
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "a.png")
+    (mri / ".hidden.png").write_bytes(b"not an image")
+    assert run_cli("fuse", mri, ct, "-o", tmp_path / "out", "-m", "average", "-q").code == 0
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(ct / "a.tif")
+    _one_error_line(run_cli("fuse", mri, ct, "-o", tmp_path / "out2", "-m", "average"))
+
+
+def test_weights_given_twice_or_to_no_network_are_refused(examples: Path, run_cli) -> None:
+    ct = examples / "CT-MRI"
+    _one_error_line(run_cli("evaluate", ct, "-m", "average", "--weights", "x.safetensors"))
+    _one_error_line(run_cli("evaluate", ct, "-m", "lwnet@lwnet.functional", "--checkpoint", "lwnet.ct"))

@@ -56,6 +56,8 @@ def parse_model(spec: str, checkpoint: str | None = None, weights: Path | None =
     if sep and not label:
         raise InputError(f"--model takes [LABEL=]NAME[@CHECKPOINT|@FILE], got '{spec}'")
     fuser = get_fuser_spec(name)  # an unknown name fails here, before any image is read
+    if at and (checkpoint or weights) and fuser.needs_weights:
+        raise InputError(f"--model {spec} names its weights; --checkpoint/--weights would choose others")
     if at:
         choice = choice.strip()
         is_file = choice.endswith(".safetensors") or Path(choice).is_file()
@@ -137,6 +139,8 @@ def choose_methods(
         MedfuseError: An unknown model or checkpoint, a bad ``--fused`` value, or a label used twice.
     """
     methods = [parse_model(spec, checkpoint, weights) for spec in models] + parse_fused(fused)
+    if (checkpoint or weights) and not any(m.checkpoint or m.weights for m in methods):
+        raise InputError("--checkpoint and --weights apply to a network given with --model (not to rules)")
     labels = [m.label for m in methods]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
