@@ -12,8 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from medfuse_cli.cli import options
-from medfuse_cli.cli.output_folders import create_folder, prepare_output_folder, remove_if_empty
 from medfuse_cli.errors import InputError
+from medfuse_cli.output_folders import create_folder, prepare_output_folder, remove_if_empty
 
 if TYPE_CHECKING:
     from medfuse_cli.evaluation.scoring import PairSetResult

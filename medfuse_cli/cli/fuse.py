@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import typer
 
 from medfuse_cli.cli import options
-from medfuse_cli.cli.output_folders import create_folder, prepare_output_folder, remove_if_empty
 from medfuse_cli.errors import InputError, OutputError
 from medfuse_cli.io import write_stdout
+from medfuse_cli.output_folders import create_folder, prepare_output_folder, remove_if_empty
 
 if TYPE_CHECKING:  # the flow (and torch) is imported when the command runs, not for --help
     from medfuse_cli.pipeline import Fusion, PairOutcome

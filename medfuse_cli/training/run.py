@@ -32,6 +32,7 @@ from safetensors import SafetensorError, safe_open
 
 from medfuse_cli.devices import resolve_device
 from medfuse_cli.errors import CheckpointError, InputError
+from medfuse_cli.output_folders import create_folder, remove_if_empty
 from medfuse_cli.training.config import Config, config_from_json
 from medfuse_cli.training.events import EpochFinished, EpochStarted, Listener, Message, ignore
 from medfuse_cli.training.provenance import Provenance, git_commit
@@ -134,6 +135,7 @@ class Run:
         self._clock = settings.clock
         self._started = self._clock()
         self._state: TrainingState | None = None
+        self._created: list[Path] = []  # folders this run made (removed again if it fails empty)
         if settings.resume:
             self._state, stored = self._open_existing(settings, config)
             self.progress = self._state.progress
@@ -200,7 +202,7 @@ class Run:
             )
         if not settings.data:
             raise InputError("no training data: give the training pair folder(s)")
-        self.out.mkdir(parents=True, exist_ok=True)
+        self._created = create_folder(self.out)
 
     def __enter__(self) -> Run:
         torch.set_num_threads(self.threads)
@@ -210,6 +212,8 @@ class Run:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         torch.set_num_threads(self._threads_before)
+        if error is not None:  # a run that failed before saving anything leaves no folder it made
+            remove_if_empty(self._created)
 
     @property
     def resumed(self) -> bool:

@@ -1,6 +1,6 @@
-"""Output folders of the commands that write many files (fuse's folder runs, evaluate --out):
-created with their missing parents, checked writable before any work, removed when a failed
-run leaves them empty."""
+"""Output folders of the commands that write many files (fuse's folder runs, evaluate --out,
+a training run): created with their missing parents, checked writable before any work, removed
+when a failed run leaves them empty."""
 
 from __future__ import annotations
 
