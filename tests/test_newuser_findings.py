@@ -87,3 +87,12 @@ def test_weights_given_twice_or_to_no_network_are_refused(examples: Path, run_cl
     ct = examples / "CT-MRI"
     _one_error_line(run_cli("evaluate", ct, "-m", "average", "--weights", "x.safetensors"))
     _one_error_line(run_cli("evaluate", ct, "-m", "lwnet@lwnet.functional", "--checkpoint", "lwnet.ct"))
+
+
+def test_a_table_into_a_closed_pipe_is_the_quiet_exit(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = f"{sys.executable} -m medfuse_cli models | head -1 > /dev/null; echo ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "141" and done.stderr == ""

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from medfuse_cli.cli import options
@@ -93,7 +92,7 @@ def benchmark(
     if as_json:
         print(json.dumps({"device": str(plan.device), "results": [row.to_json() for row in rows]}, indent=2))
     else:
-        console = Console()
+        console = options.stdout_console()
         if not console.is_terminal:
             console.width = 120  # a file or pipe gets every column whole
         console.print(_table(rows, plan.device))

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -110,7 +109,7 @@ def evaluate(
         if as_json:
             print(json.dumps(tables.results_json(results, parent)))
         else:
-            console = Console()
+            console = options.stdout_console()
             for result in results:
                 console.print(_table(result))
                 for label, reason in result.skipped.items():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.table import Table
 
 from medfuse_cli.cli import options
@@ -59,7 +58,7 @@ def models(as_json: bool = options.JSON) -> None:
     if as_json:
         print(json.dumps({"models": rows}, indent=2))
         return
-    console = Console()
+    console = options.stdout_console()
     table = Table(title="medfuse fusers")
     for column in ("name", "kind", "params", "min side", "checkpoints"):
         table.add_column(column)

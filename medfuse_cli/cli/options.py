@@ -52,6 +52,19 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or summary li
 JSON = typer.Option(False, "--json", help="Print a machine-readable JSON summary on stdout.")
 
 
+class _StdoutConsole(Console):
+    """A rich console on stdout whose closed pipe is the CLI's quiet status 141, as for every
+    other write (rich's own handling exits with status 1)."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
+def stdout_console() -> Console:
+    """The console the commands print tables on (stdout)."""
+    return _StdoutConsole()
+
+
 # soft_wrap: a message is one whole line whatever the terminal's width (or none), so paths in
 # ``skipped …`` lines are never split.
 stderr = Console(stderr=True, soft_wrap=True)
