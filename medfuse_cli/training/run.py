@@ -289,6 +289,8 @@ class Run:
         while self.progress["epochs_done"] < epochs:
             epoch = self.progress["epochs_done"] + 1
             if not self._time_for_another_epoch():
+                if epoch == 1:  # nothing saved: there is no run to resume
+                    raise InputError("no epoch finished: raise --max-minutes")
                 self.message(
                     f"stopping before epoch {epoch}: --max-minutes {self._max_minutes:g} would be exceeded; "
                     "continue with --resume"
