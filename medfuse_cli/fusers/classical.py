@@ -188,10 +188,8 @@ class LaplacianPyramidFusion(nn.Module):
     separably and polyphase with element-wise operations (module docstring); it agrees with the
     direct 5×5-convolution form to float round-off.
 
-    Input: two float tensors (N, 1, H, W) of one shape (float32 in the fuser interface; any
-    floating dtype works), values in [0, 1], on any device, H and W at least ``min_size`` (1).
-    Output: same shape, dtype and device, clamped to [0, 1]. A pair's result does not depend on
-    the rest of the batch, bit for bit.
+    Shapes and ranges: see ``forward``; any device, and a pair's result does not depend on the
+    rest of the batch, bit for bit.
 
     Raises:
         InputError: shapes differ, are not 4-D, or a side is below ``min_size``.
@@ -312,10 +310,8 @@ class WaveletFusion(nn.Module):
     weights (1/2, 1/4) are exact in floating point, which keeps it cheaper than LWNet. The longer
     CDF 9/7 (JPEG 2000's lossy wavelet) was measured too: it costs as much as LWNet, not less.
 
-    Input: two float tensors (N, 1, H, W) of one shape (float32 in the fuser interface; any
-    floating dtype works), values in [0, 1], on any device, H and W at least ``min_size`` (1).
-    Output: same shape, dtype and device, clamped to [0, 1]. A pair's result does not depend on
-    the rest of the batch, bit for bit.
+    Shapes and ranges: see ``forward``; any device, and a pair's result does not depend on the
+    rest of the batch, bit for bit.
 
     Raises:
         InputError: shapes differ, are not 4-D, or a side is below ``min_size``.
