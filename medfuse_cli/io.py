@@ -263,7 +263,15 @@ def encode_png(pixels: np.ndarray, bit_depth: int) -> bytes:
     """
     if pixels.ndim == 3 and bit_depth != 8:
         raise ValueError("colour PNGs are written with 8 bits per channel")
-    return bytes(imagecodecs.png_encode(to_integer(pixels, bit_depth), level=1, filter=PNG_SUB_FILTER))
+    integers = to_integer(pixels, bit_depth)
+    try:
+        return bytes(imagecodecs.png_encode(integers, level=1, filter=PNG_SUB_FILTER))
+    except imagecodecs.PngError:
+        # imagecodecs sizes its output buffer from the pixel count plus a margin, which a tiny,
+        # incompressible image (256×1 of noise) overruns; Pillow's encoder has no such limit.
+        buffer = io.BytesIO()
+        Image.fromarray(integers).save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
 
 
 def write_png(destination: Path | str, pixels: np.ndarray, bit_depth: int, *, overwrite: bool = True) -> None:

@@ -384,6 +384,7 @@ class PairOutcome:
         second: how its second image's colour was read (None when it could not be read).
         checkpoint: what it was fused with (see ``Fusion.checkpoint_for``).
         skipped: its output existed and was kept (``existing="skip"``); nothing was written.
+        mri_coloured_share: share of the MRI's pixels that were coloured (their colour unused).
     """
 
     name: str
@@ -392,6 +393,12 @@ class PairOutcome:
     second: ColourReading | None = None
     checkpoint: str | None = None
     skipped: bool = False
+    mri_coloured_share: float = 0.0
+
+    @classmethod
+    def fused(cls, name: str, output: Path, pair: Pair, checkpoint: str | None) -> PairOutcome:
+        """The outcome of a pair that was read and fused, with what was decided for it."""
+        return cls(name, output, None, pair.second, checkpoint, mri_coloured_share=pair.mri_coloured_share)
 
     @property
     def written(self) -> bool:
@@ -408,6 +415,8 @@ class PairOutcome:
         if self.second is not None:
             row["second_image"] = self.second.to_json()
             row["checkpoint"] = self.checkpoint
+        if self.mri_coloured_share:  # a few coloured marks in the MRI: only its Y was used
+            row["mri_image"] = {"read_as": "gray", "coloured_share": round(self.mri_coloured_share, 6)}
         return row
 
 
@@ -471,7 +480,7 @@ def fuse_folders(
                 if isinstance(failure, MedfuseError):
                     report(PairOutcome(job.name, job.output, str(failure)))
             for (job, pair), plane in zip(good, fusion.fuse_pairs([pair for _, pair in good]), strict=True):
-                done = PairOutcome(job.name, job.output, None, pair.second, fusion.checkpoint_for(pair.kind))
+                done = PairOutcome.fused(job.name, job.output, pair, fusion.checkpoint_for(pair.kind))
                 if isinstance(plane, MedfuseError):
                     report(replace(done, error=str(plane)))
                 else:

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from medfuse_cli.atomic import write_atomically
-from medfuse_cli.errors import CheckpointError
+from medfuse_cli.errors import CheckpointError, OutputError
 
 if TYPE_CHECKING:  # the record's type only: weights.py sits below the model zoo
     from medfuse_cli.fusers.registry import Checkpoint
@@ -115,11 +115,18 @@ def _read_metadata(path: Path) -> dict[str, str]:
 
 
 def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Save tensors with string metadata, atomically."""
+    """Save tensors with string metadata, atomically.
+
+    Raises:
+        OutputError: the file cannot be written (full disk, no permission); nothing is left.
+    """
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    write_atomically(
-        Path(path), lambda tmp: save_file(contiguous, str(tmp), metadata=metadata), overwrite=True
-    )
+    try:
+        write_atomically(
+            Path(path), lambda tmp: save_file(contiguous, str(tmp), metadata=metadata), overwrite=True
+        )
+    except (SafetensorError, OSError) as exc:  # safetensors reports a full disk as its own error
+        raise OutputError(f"cannot write {path}: {_first_line(exc)}") from None
 
 
 def load_state_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:

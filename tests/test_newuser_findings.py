@@ -97,3 +97,49 @@ def test_a_table_into_a_closed_pipe_is_the_quiet_exit(tmp_path: Path) -> None:
     script = f"{sys.executable} -m medfuse_cli models | true; echo ${{PIPESTATUS[0]}}"
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "141" and done.stderr == ""
+
+
+def test_a_one_pixel_wide_noisy_image_is_written(tmp_path: Path, run_cli) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("m", "c"):
+        Image.fromarray(rng.integers(0, 256, (256, 1), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    result = run_cli(
+        "fuse", tmp_path / "m.png", tmp_path / "c.png", "-o", tmp_path / "o.png", "-m", "average", "-q"
+    )
+    assert result.code == 0, result.stderr
+    assert Image.open(tmp_path / "o.png").size == (1, 256)
+
+
+def test_marks_in_the_mri_are_said_in_json(examples: Path, tmp_path: Path, run_cli) -> None:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    gray = np.asarray(Image.open(examples / "CT-MRI" / "MRI" / "2004.png"))
+    marked = np.repeat(gray[..., None], 3, axis=-1).copy()
+    marked[0:10, 0:10] = (0, 255, 0)
+    Image.fromarray(marked, "RGB").save(tmp_path / "mri.png")
+    result = run_cli(
+        "fuse",
+        tmp_path / "mri.png",
+        examples / "CT-MRI" / "CT" / "2004.png",
+        "-o",
+        tmp_path / "o.png",
+        "--json",
+    )
+    assert json.loads(result.stdout)["pairs"][0]["mri_image"]["coloured_share"] > 0
+
+
+def test_resume_of_a_folder_that_holds_no_training_state_is_one_line(tmp_path: Path, run_cli) -> None:
+    import torch
+
+    from medfuse_cli.weights import write_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_checkpoint(run / "train-state.safetensors", {"x": torch.zeros(1)}, {"note": "not a state"})
+    _one_error_line(run_cli("train", "-o", run, "--resume"))

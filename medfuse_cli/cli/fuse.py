@@ -145,7 +145,7 @@ def _fuse_one(
         prepare_output_folder(path.parent)
     pair = load_pair(mri.stem, mri, functional, resize, chroma, max_pixels)
     fused = fusion.fuse_y(pair.anatomical_y, pair.functional_y, pair.kind)
-    done = PairOutcome(pair.name, Path(output), None, pair.second, fusion.checkpoint_for(pair.kind))
+    done = PairOutcome.fused(pair.name, Path(output), pair, fusion.checkpoint_for(pair.kind))
     if output == "-":
         write_fused(output, pair, fused)
         return done

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from medfuse_cli.atomic import write_atomically
+from medfuse_cli.errors import OutputError
 from medfuse_cli.evaluation.scoring import PairSetResult
 from medfuse_cli.evaluation.tables import markdown, per_image_csv, results_json, summary_csv
 
@@ -31,9 +32,16 @@ def write_reports(results: list[PairSetResult], parent: bool, out_dir: Path) -> 
         "summary.md": markdown(results),
         "summary.json": json.dumps(results_json(results, parent), indent=2) + "\n",
     }
-    written = []
+    written: list[Path] = []
     for name, text in files.items():
         path = out_dir / name
-        write_atomically(path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"), overwrite=True)
+        # surrogateescape: a file name that is not UTF-8 is written back as the bytes it was
+        write = lambda tmp, text=text: tmp.write_text(text, encoding="utf-8", errors="surrogateescape")  # noqa: E731
+        try:
+            write_atomically(path, write, overwrite=True)
+        except OSError as exc:  # a report is whole or absent: the files already written go too
+            for done in written:
+                done.unlink(missing_ok=True)
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
         written.append(path)
     return written

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from medfuse_cli.errors import CheckpointError
 from medfuse_cli.weights import read_checkpoint, write_checkpoint
 
 _MODEL = "model/"
@@ -64,9 +65,12 @@ def load_training_state(path: Path) -> TrainingState:
     """Read what ``save_training_state`` wrote.
 
     Raises:
-        CheckpointError: the file is missing, not safetensors, or holds non-finite values.
+        CheckpointError: the file is missing, not safetensors, holds non-finite values, or is
+            not a training state.
     """
     loaded = read_checkpoint(path)
+    if not {"progress", "optim_groups", "optim_scalars"} <= loaded.metadata.keys():
+        raise CheckpointError(f"{path} is not a medfuse training state (its header lacks the run's progress)")
     model = {k[len(_MODEL) :]: v for k, v in loaded.tensors.items() if k.startswith(_MODEL)}
     state: dict[int, dict] = {}
     for name, value in loaded.tensors.items():
