@@ -132,8 +132,10 @@ def test_too_small_or_mismatched_inputs_are_one_line_errors() -> None:
     model = _random_model()
     with pytest.raises(MedfuseError, match="at least 5x5"):
         model(*_pair(1, 4, 8))
-    with pytest.raises(MedfuseError, match="differ in size"):
+    with pytest.raises(MedfuseError, match="of the same shape"):
         model(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 12))
+    with pytest.raises(MedfuseError, match=r"in \[0, 1\]"):
+        model(torch.rand(1, 1, 8, 8) * 255, torch.rand(1, 1, 8, 8))
 
 
 def test_batching_never_changes_a_result() -> None:

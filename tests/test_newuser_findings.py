@@ -143,3 +143,17 @@ def test_resume_of_a_folder_that_holds_no_training_state_is_one_line(tmp_path: P
     run.mkdir()
     write_checkpoint(run / "train-state.safetensors", {"x": torch.zeros(1)}, {"note": "not a state"})
     _one_error_line(run_cli("train", "-o", run, "--resume"))
+
+
+@pytest.mark.parametrize("name", ["lwnet", "lywnet", "average", "laplacian", "wavelet", "maximum"])
+def test_every_fuser_module_refuses_what_its_contract_excludes(name: str) -> None:
+    import torch
+
+    from medfuse_cli.errors import InputError
+    from medfuse_cli.fusers import create_fuser
+
+    fuser = create_fuser(name, pretrained=False)
+    good = torch.rand(1, 1, 16, 16)
+    for bad in (good * 255, torch.full_like(good, float("nan")), (good * 255).to(torch.uint8), good[:, 0]):
+        with pytest.raises(InputError):
+            fuser(bad, bad)

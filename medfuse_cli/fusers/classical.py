@@ -23,23 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medfuse_cli.errors import InputError
-from medfuse_cli.fusers.registry import FuserSpec, register_fuser
-
-
-def _check_pair(rule: str, min_size: int, anatomical: Tensor, functional: Tensor) -> None:
-    """Refuse, in one line, inputs a rule cannot fuse: not two 4-D tensors of one shape, or a
-    side below ``min_size``."""
-    if anatomical.dim() != 4 or anatomical.shape != functional.shape:
-        raise InputError(
-            f"{rule}: needs two (N, 1, H, W) tensors of the same shape, "
-            f"got {tuple(anatomical.shape)} and {tuple(functional.shape)}"
-        )
-    height, width = anatomical.shape[-2:]
-    if min(height, width) < min_size:
-        raise InputError(
-            f"{rule}: needs images of at least {min_size}x{min_size} pixels, got {height}x{width}"
-        )
+from medfuse_cli.fusers.registry import FuserSpec, check_fuser_inputs, register_fuser
 
 
 class AverageFusion(nn.Module):
@@ -62,7 +46,7 @@ class AverageFusion(nn.Module):
         (any floating dtype works). Returns the fused Y: (N, 1, H, W), same dtype and device,
         in [0, 1].
         """
-        _check_pair("average", self.min_size, anatomical, functional)
+        check_fuser_inputs("average", self.min_size, anatomical, functional)
         return (anatomical + functional) / 2
 
 
@@ -86,7 +70,7 @@ class MaximumFusion(nn.Module):
         (any floating dtype works). Returns the fused Y: (N, 1, H, W), same dtype and device,
         in [0, 1].
         """
-        _check_pair("maximum", self.min_size, anatomical, functional)
+        check_fuser_inputs("maximum", self.min_size, anatomical, functional)
         return torch.maximum(anatomical, functional)
 
 
@@ -208,7 +192,7 @@ class LaplacianPyramidFusion(nn.Module):
         (any floating dtype works). Returns the fused Y: (N, 1, H, W), same dtype and device,
         clamped to [0, 1].
         """
-        _check_pair("laplacian", self.min_size, anatomical, functional)
+        check_fuser_inputs("laplacian", self.min_size, anatomical, functional)
         levels = _pyramid_levels(*anatomical.shape[-2:], wanted=self.levels, smallest=2)
         if levels == 0:
             return ((anatomical + functional) / 2).clamp(0.0, 1.0)
@@ -330,7 +314,7 @@ class WaveletFusion(nn.Module):
         (any floating dtype works). Returns the fused Y: (N, 1, H, W), same dtype and device,
         clamped to [0, 1].
         """
-        _check_pair("wavelet", self.min_size, anatomical, functional)
+        check_fuser_inputs("wavelet", self.min_size, anatomical, functional)
         height, width = anatomical.shape[-2:]
         levels = _pyramid_levels(height, width, wanted=self.levels, smallest=1)
         if levels == 0:

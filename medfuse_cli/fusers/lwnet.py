@@ -41,7 +41,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from medfuse_cli.errors import CheckpointError
-from medfuse_cli.fusers.registry import CT, FUNCTIONAL, Checkpoint, FuserSpec, register_fuser
+from medfuse_cli.fusers.registry import (
+    CT,
+    FUNCTIONAL,
+    Checkpoint,
+    FuserSpec,
+    check_fuser_inputs,
+    register_fuser,
+)
 from medfuse_cli.weights import LoadedCheckpoint, load_state_strict
 
 CHANNELS = 8
@@ -215,6 +222,7 @@ class LWNet(nn.Module):
         between a folder run and a single fusion. A batch of one costs about what a batch of 16
         does per pair on a CPU (BENCHMARKS.md, entry 17); training keeps whole batches.
         """
+        check_fuser_inputs("lwnet", MIN_SIZE, anatomical, functional)
         if self.training or anatomical.shape[0] == 1:
             return self._fuse(anatomical, functional)
         pairs = zip(anatomical.split(1), functional.split(1), strict=True)

@@ -35,7 +35,7 @@ from torch import nn
 
 from medfuse_cli.errors import CheckpointError, InputError
 from medfuse_cli.fusers.lywnet_authors import AUTHORS_FORMAT, from_authors_names
-from medfuse_cli.fusers.registry import Checkpoint, FuserSpec, register_fuser
+from medfuse_cli.fusers.registry import Checkpoint, FuserSpec, check_fuser_inputs, register_fuser
 from medfuse_cli.weights import LoadedCheckpoint, load_state_strict
 
 CHANNELS = 64
@@ -353,8 +353,7 @@ class LYWNet(nn.Module):
 
     def forward(self, anatomical: torch.Tensor, functional: torch.Tensor) -> torch.Tensor:
         """Fuse two Y images in [0, 1] of shape (N, 1, H, W); returns the fused Y in [0, 1]."""
-        if anatomical.shape != functional.shape:
-            raise InputError(f"images differ in size: {tuple(anatomical.shape)} vs {tuple(functional.shape)}")
+        check_fuser_inputs("lywnet", MIN_SIZE, anatomical, functional)
         pairs = zip(anatomical.split(1), functional.split(1), strict=True)
         return torch.cat([self._fuse_one(a, b) for a, b in pairs]).clamp(0.0, 1.0)
 

@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from medfuse_cli.errors import InputError
@@ -150,6 +151,35 @@ class FuserSpec:
             if record.applies_to in (pair_kind, None):
                 return record
         raise InputError(f"model '{self.name}' ships no checkpoint for {pair_kind} pairs")
+
+
+def check_fuser_inputs(name: str, min_size: int, anatomical: torch.Tensor, functional: torch.Tensor) -> None:
+    """The fuser contract, checked at every fuser's door before any arithmetic.
+
+    Raises:
+        InputError: not two floating (N, 1, H, W) tensors of one shape, a side below
+            ``min_size``, or values that are not finite or outside [0, 1] (e.g. 0..255 images:
+            scale them first).
+    """
+    if anatomical.dim() != 4 or anatomical.shape != functional.shape or anatomical.shape[1] != 1:
+        raise InputError(
+            f"{name}: needs two (N, 1, H, W) tensors of the same shape, "
+            f"got {tuple(anatomical.shape)} and {tuple(functional.shape)}"
+        )
+    if not (anatomical.is_floating_point() and functional.is_floating_point()):
+        raise InputError(
+            f"{name}: needs floating tensors in [0, 1], got {anatomical.dtype} and {functional.dtype}"
+        )
+    height, width = anatomical.shape[-2:]
+    if min(height, width) < min_size:
+        raise InputError(
+            f"{name}: needs images of at least {min_size}x{min_size} pixels, got {height}x{width}"
+        )
+    for tensor in (anatomical, functional):
+        if tensor.device.type == "meta" or not tensor.numel():  # shapes only (FLOP counting)
+            continue
+        if not bool(((tensor >= 0) & (tensor <= 1)).all()):  # NaN fails too
+            raise InputError(f"{name}: needs finite values in [0, 1] (scale 8-bit images by 1/255)")
 
 
 _REGISTRY: dict[str, FuserSpec] = {}
