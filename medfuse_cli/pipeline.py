@@ -24,7 +24,7 @@ from torch import nn
 from medfuse_cli.color import chroma_offsets, merge_luma, split_luma
 from medfuse_cli.devices import resolve_device
 from medfuse_cli.errors import InputError, MedfuseError
-from medfuse_cli.fusers import get_fuser_spec, load_weights
+from medfuse_cli.fusers import check_weights_choice, get_fuser_spec, load_weights
 from medfuse_cli.fusers.registry import CT, FUNCTIONAL
 from medfuse_cli.io import DEFAULT_MAX_PIXELS, LoadedImage, read_image, write_png
 from medfuse_cli.runtime import keep_heap_memory
@@ -236,17 +236,11 @@ class Fusion:
             raise InputError(f"--threads must be at least 1, got {threads}")
         self.threads = threads if threads is not None else self.spec.cpu_threads
         self.weights = weights
-        self.checkpoint = checkpoint
+        self.checkpoint = check_weights_choice(self.spec, checkpoint, weights)
         self.options = options or {}
         self.spec.check_options(self.options)
         self.pretrained = pretrained
         self._modules: dict[str | None, nn.Module] = {}
-        if not self.spec.needs_weights and (weights is not None or checkpoint is not None):
-            raise InputError(f"model '{model}' is a classical rule and takes no --checkpoint or --weights")
-        if weights is not None and checkpoint is not None:
-            raise InputError("give --checkpoint or --weights, not both")
-        if checkpoint is not None:
-            self.checkpoint = self.spec.checkpoint(checkpoint).name
 
     def checkpoint_for(self, kind: str) -> str | None:
         """What a pair of ``kind`` is fused with: a checkpoint name, ``--weights PATH``, or None
@@ -306,7 +300,7 @@ class Fusion:
                 or not finite, shapes that differ, or sides below the fuser's ``min_size``.
             MedfuseError: the fuser produced non-finite values (never written).
         """
-        _check_planes(anatomical, functional, self.spec.min_size, self.spec.name)
+        _check_planes(anatomical, functional)
         single = anatomical.ndim == 2
         module = self.module_for(kind)
         with self.thread_scope():  # every tensor operation, checks and copies included
@@ -345,23 +339,18 @@ class Fusion:
         return results  # type: ignore[return-value]
 
 
-def _check_planes(anatomical: np.ndarray, functional: np.ndarray, min_size: int, name: str) -> None:
-    """The contract of ``Fusion.fuse_y``'s inputs, checked before any arithmetic."""
+def _check_planes(anatomical: np.ndarray, functional: np.ndarray) -> None:
+    """What ``Fusion.fuse_y`` checks of its arrays before turning them into tensors: numpy
+    float planes of one shape. Sizes and values (finite, in [0, 1]) are the fuser's own check
+    (``fusers.registry.check_fuser_inputs``), made once, on the tensors."""
     for label, plane in (("anatomical", anatomical), ("functional", functional)):
         if not isinstance(plane, np.ndarray) or plane.dtype not in (np.float32, np.float64):
             dtype = getattr(plane, "dtype", type(plane).__name__)
             raise InputError(f"{label} Y must be a float32 or float64 array in [0, 1], got {dtype}")
         if plane.ndim not in (2, 3):
             raise InputError(f"{label} Y must be (H, W) or (N, H, W), got shape {plane.shape}")
-        if not np.isfinite(plane).all() or plane.min() < 0.0 or plane.max() > 1.0:
-            raise InputError(f"{label} Y must be finite and in [0, 1]")
     if anatomical.shape != functional.shape:
         raise InputError(f"Y planes differ in shape: {anatomical.shape} vs {functional.shape}")
-    height, width = anatomical.shape[-2:]
-    if min(height, width) < min_size:
-        raise InputError(
-            f"{name} needs images of at least {min_size}x{min_size} pixels, got {width}x{height}"
-        )
 
 
 @dataclass(frozen=True)

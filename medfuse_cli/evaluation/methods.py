@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medfuse_cli.errors import InputError
-from medfuse_cli.fusers import get_fuser_spec, list_fusers
+from medfuse_cli.fusers import check_weights_choice, get_fuser_spec, list_fusers
 from medfuse_cli.metrics import LWNET_METRICS, LYWNET_METRICS, METRICS, resolve_metric_names
 
 # The default: every metric either paper reports, LWNet's order first.
@@ -64,10 +64,7 @@ def parse_model(spec: str, checkpoint: str | None = None, weights: Path | None =
         checkpoint, weights = (None, Path(choice)) if is_file else (choice, None)
     elif not fuser.needs_weights:
         checkpoint = weights = None
-    if not fuser.needs_weights and (checkpoint or weights):
-        raise InputError(f"model '{name}' is a classical rule and takes no checkpoint or weights")
-    if checkpoint:
-        checkpoint = fuser.checkpoint(checkpoint).name
+    checkpoint = check_weights_choice(fuser, checkpoint, weights)
     return Method(label or name, model=name, checkpoint=checkpoint, weights=weights)
 
 

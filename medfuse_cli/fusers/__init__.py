@@ -60,6 +60,23 @@ def create_fuser(
     return spec.build(loaded, **options).eval().to(device)
 
 
+def check_weights_choice(
+    spec: FuserSpec, checkpoint: str | None = None, weights: Path | str | None = None
+) -> str | None:
+    """Check a choice of weights for ``spec`` before anything is read; return the checkpoint's
+    full name (``ct`` -> ``lwnet.ct``), or None when none is named.
+
+    Raises:
+        InputError: weights or a checkpoint named for a classical rule, both given, or a
+            checkpoint the fuser does not ship.
+    """
+    if not spec.needs_weights and (weights is not None or checkpoint is not None):
+        raise InputError(f"model '{spec.name}' is a classical rule and takes no checkpoint or weights")
+    if weights is not None and checkpoint is not None:
+        raise InputError("give --checkpoint or --weights, not both")
+    return spec.checkpoint(checkpoint).name if checkpoint is not None else None
+
+
 def load_weights(
     spec: FuserSpec, checkpoint: str | None = None, weights: Path | str | None = None
 ) -> LoadedCheckpoint | None:
@@ -70,16 +87,20 @@ def load_weights(
         InputError: weights or a checkpoint named for a classical rule, or both given.
         CheckpointError: as ``read_checkpoint`` and ``resolve_checkpoint``.
     """
+    checkpoint = check_weights_choice(spec, checkpoint, weights)
     if not spec.needs_weights:
-        if weights is not None or checkpoint is not None:
-            raise InputError(f"model '{spec.name}' is a classical rule and takes no checkpoint or weights")
         return None
     if weights is not None:
-        if checkpoint is not None:
-            raise InputError("give --checkpoint or --weights, not both")
         return read_checkpoint(Path(weights))
-    record = spec.checkpoint(checkpoint) if checkpoint else spec.checkpoints[0]
-    return resolve_checkpoint(record)
+    return resolve_checkpoint(spec.checkpoint(checkpoint) if checkpoint else spec.checkpoints[0])
 
 
-__all__ = ["Checkpoint", "FuserSpec", "create_fuser", "get_fuser_spec", "list_fusers", "load_weights"]
+__all__ = [
+    "Checkpoint",
+    "FuserSpec",
+    "check_weights_choice",
+    "create_fuser",
+    "get_fuser_spec",
+    "list_fusers",
+    "load_weights",
+]

@@ -371,12 +371,9 @@ class LYWNet(nn.Module):
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = 4) -> torch.Tensor:
-    """Reflect-pad the bottom and right edges so H and W are multiples of ``multiple``."""
+    """Reflect-pad the bottom and right edges so H and W are multiples of ``multiple``; sides of
+    at least ``MIN_SIZE``, which ``LYWNet.forward`` has checked, leave room for the reflection."""
     height, width = x.shape[-2:]
-    if min(height, width) < MIN_SIZE:
-        raise InputError(
-            f"LYWNet needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels, got {height}x{width}"
-        )
     pad_h, pad_w = -height % multiple, -width % multiple
     if pad_h == pad_w == 0:
         return x

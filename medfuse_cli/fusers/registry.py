@@ -173,7 +173,7 @@ def check_fuser_inputs(name: str, min_size: int, anatomical: torch.Tensor, funct
     height, width = anatomical.shape[-2:]
     if min(height, width) < min_size:
         raise InputError(
-            f"{name}: needs images of at least {min_size}x{min_size} pixels, got {height}x{width}"
+            f"{name}: needs images of at least {min_size}x{min_size} pixels, got {width}x{height}"
         )
     for tensor in (anatomical, functional):
         if tensor.device.type == "meta" or not tensor.numel():  # shapes only (FLOP counting)
