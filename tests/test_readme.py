@@ -32,7 +32,6 @@ COMMANDS = [
     for line in (ROOT / "README.md").read_text().splitlines()
     if line.startswith("    medfuse ")
 ]
-SHARED = (ROOT.parent / "shared").is_dir()
 
 
 def _runs_here(command: str) -> bool:

@@ -34,7 +34,7 @@ class AverageFusion(nn.Module):
     Output: same shape, dtype and device, values in [0, 1]. No paper: the usual baseline.
 
     Raises:
-        InputError: shapes differ, are not 4-D, or a side is below ``min_size``.
+        InputError: inputs outside the fuser contract (``registry.check_fuser_inputs``).
     """
 
     min_size = 1
@@ -58,7 +58,7 @@ class MaximumFusion(nn.Module):
     Output: same shape, dtype and device, values in [0, 1]. No paper: the usual baseline.
 
     Raises:
-        InputError: shapes differ, are not 4-D, or a side is below ``min_size``.
+        InputError: inputs outside the fuser contract (``registry.check_fuser_inputs``).
     """
 
     min_size = 1
@@ -176,7 +176,7 @@ class LaplacianPyramidFusion(nn.Module):
     rest of the batch, bit for bit.
 
     Raises:
-        InputError: shapes differ, are not 4-D, or a side is below ``min_size``.
+        InputError: inputs outside the fuser contract (``registry.check_fuser_inputs``).
     """
 
     min_size = 1
@@ -298,7 +298,7 @@ class WaveletFusion(nn.Module):
     rest of the batch, bit for bit.
 
     Raises:
-        InputError: shapes differ, are not 4-D, or a side is below ``min_size``.
+        InputError: inputs outside the fuser contract (``registry.check_fuser_inputs``).
     """
 
     min_size = 1
