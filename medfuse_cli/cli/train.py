@@ -35,7 +35,7 @@ def _show(value: object) -> str:
         return ", ".join(f"{name}={folder}" for name, folder in value.items()) or "none"
     if isinstance(value, tuple):
         return ", ".join(map(str, value)) or "none"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{value:g}" if isinstance(value, float) else str(value) or "none"
 
 
 def _recipe_values(field: str) -> str:
@@ -164,6 +164,14 @@ def train(
         "lywnet: pair folder whose images give a held-out loss each epoch (repeatable).",
         "monitor",
     ),
+    train_norm: str | None = _recipe_option(
+        "--train-norm",
+        "lywnet: normalisation statistics while training: batch (the authors') or image (as at inference).",
+        "train_norm",
+    ),
+    init: Path | None = _recipe_option(
+        "--init", "lywnet: start from this LYWNet checkpoint of ours (a run's lywnet.safetensors).", "init"
+    ),
     quiet: bool = options.QUIET,
 ) -> None:
     """Train a fusion network from a recipe; state is saved after every epoch, so a run can be resumed."""
@@ -188,6 +196,8 @@ def train(
         ("--lr-schedule", "lr_schedule", lr_schedule, _LYWNET),
         ("--min-lr", "min_lr", min_lr, _LYWNET),
         ("--monitor", "monitor", tuple(str(m) for m in monitor) if monitor else None, _LYWNET),
+        ("--train-norm", "train_norm", train_norm, _LYWNET),
+        ("--init", "init", str(init) if init else None, _LYWNET),
     ]
     # Imported here, not at the top: the trainers pull in torch, which `--help` need not pay for.
     from medfuse_cli.training.run import RunSettings

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medfuse_cli.errors import InputError
 from medfuse_cli.evaluation.scoring import PairSetResult
 from medfuse_cli.evaluation.tables import arrow
 from medfuse_cli.metrics import METRICS
@@ -51,14 +50,12 @@ def area_ratio(radii: list[float]) -> float:
 
 
 def require_matplotlib():
-    """matplotlib's pyplot on the file-only Agg backend, or a one-line error naming the extra."""
-    try:
-        import matplotlib
+    """matplotlib's pyplot on the file-only Agg backend (imported only when plots are asked for)."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InputError("--plot needs matplotlib: pip install 'medfuse[plots]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     return plt
 
 

@@ -54,16 +54,19 @@ class ImageNorm(nn.BatchNorm2d):
 
     def __init__(self, channels: int = CHANNELS) -> None:
         super().__init__(channels, track_running_stats=False)
+        # False: training too uses each image's statistics (training's ``train_norm="image"``).
+        self.batch_statistics_in_training = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise each channel to zero mean and unit variance, then scale by ``weight``, shift by ``bias``.
 
-        Training (``self.training``): the whole batch's statistics, per channel over N, H and W (BatchNorm).
+        Training (``self.training``): the whole batch's statistics, per channel over N, H and W (BatchNorm),
+        unless ``batch_statistics_in_training`` is False: then each image's, as at inference.
         Inference (``eval()``): each image's own, per channel over H and W (instance norm), so batching
         never changes a result. Both use the biased variance plus ``eps``. x: (N, C, H, W) float32, with
         more than one value per channel to average over; returns the same shape, float32, no fixed range.
         """
-        if self.training:
+        if self.training and self.batch_statistics_in_training:
             return super().forward(x)
         return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
 

@@ -19,6 +19,7 @@ from typing import ClassVar, TypeVar
 from medfuse_cli.errors import CheckpointError, InputError
 
 LR_SCHEDULES = ("constant", "cosine")
+TRAIN_NORMS = ("batch", "image")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -73,6 +74,7 @@ class SPIConfig:
     # Fields a resumed run may change: none, since an SPI run's label updates are tied to its
     # iteration and epoch counts.
     CHANGEABLE_ON_RESUME: ClassVar[tuple[str, ...]] = ()
+    STORED_BEFORE: ClassVar[dict[str, object]] = {}
 
     def __post_init__(self) -> None:
         _require(self.iterations >= 1 and self.epochs >= 1, "--iterations and --epochs must be at least 1")
@@ -104,6 +106,11 @@ class LYWNetConfig:
         size: side in pixels of the augmented training crops, at least 4.
         seed: seeds initialisation and every epoch's order and augmentation.
         monitor: pair folders whose images give a held-out loss after every epoch (none: off).
+        train_norm: the statistics LYWNet's normalisation uses while training: ``batch`` (the
+            authors', BatchNorm over the batch) or ``image`` (each image's own, as at inference;
+            our fine-tuning change, so the loss trained is the loss of the network as it fuses).
+        init: our own LYWNet checkpoint (``medfuse-lywnet-1`` format) to start from, or ``""``
+            for the seeded random initialisation.
     """
 
     epochs: int
@@ -114,9 +121,13 @@ class LYWNetConfig:
     size: int
     seed: int
     monitor: tuple[str, ...]
+    train_norm: str
+    init: str
 
     # A resumed run may plan more (or fewer) epochs: the documented way to train longer.
     CHANGEABLE_ON_RESUME: ClassVar[tuple[str, ...]] = ("epochs",)
+    # Fields added after runs were saved without them, with the value those runs trained with.
+    STORED_BEFORE: ClassVar[dict[str, object]] = {"train_norm": "batch", "init": ""}
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "--epochs must be at least 1")
@@ -128,6 +139,10 @@ class LYWNetConfig:
         )
         _require(self.min_lr >= 0, "--min-lr must be at least 0")
         _require(self.size >= 4, "the crop size must be at least 4 pixels")
+        _require(
+            self.train_norm in TRAIN_NORMS,
+            f"unknown --train-norm '{self.train_norm}' (choose {' or '.join(TRAIN_NORMS)})",
+        )
 
 
 Config = SPIConfig | LYWNetConfig
@@ -139,12 +154,14 @@ def config_from_json(config_type: type[C], stored: Mapping[str, object], source:
 
     Keys that are not fields are left out: runs started before the run settings moved out of
     the configs stored them there (``max_minutes``, ``resume``, ``command``, ``data``, ...).
+    Fields a config added later take its ``STORED_BEFORE`` value when a run lacks them.
 
     Raises:
         CheckpointError: a field is missing (``source`` names the file).
         InputError: a stored value fails the config's checks.
     """
     names = [f.name for f in fields(config_type)]
+    stored = {**config_type.STORED_BEFORE, **stored}
     missing = [name for name in names if name not in stored]
     if missing:
         raise CheckpointError(f"{source}: the stored config lacks {', '.join(missing)}")

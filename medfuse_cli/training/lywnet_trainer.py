@@ -12,8 +12,10 @@ metadata says ``normalization: per-image``.
 Our choices where their code gives none that fits: images are shuffled each epoch (their loader
 did not shuffle); a non-square image is cropped at random to 32 x 32 after resizing (theirs were
 all square); augmentation and order come from a generator seeded by (seed, epoch), so a resumed
-run continues exactly as an uninterrupted one would; optionally a cosine learning-rate schedule
-and a held-out loss per epoch (``LYWNetConfig``). The run (folder, resume, budget, provenance,
+run continues exactly as an uninterrupted one would; optionally a cosine learning-rate schedule,
+a held-out loss per epoch, a start from one of our checkpoints (``init``) and per-image
+normalisation while training (``train_norm="image"``: the network trained is then the one that
+fuses, where batch statistics train a slightly different one) (``LYWNetConfig``). The run (folder, resume, budget, provenance,
 events) is ``training.run.Run``.
 """
 
@@ -28,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medfuse_cli.errors import InputError
-from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, LYWNet
+from medfuse_cli.errors import CheckpointError, InputError
+from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, ImageNorm, LYWNet
 from medfuse_cli.training.config import LYWNetConfig
 from medfuse_cli.training.events import Listener, StepDone, ignore
 from medfuse_cli.training.patches import load_pairs
 from medfuse_cli.training.run import Run, RunFiles, RunSettings
-from medfuse_cli.weights import read_checkpoint, write_checkpoint
+from medfuse_cli.weights import load_state_strict, read_checkpoint, sha256_of, write_checkpoint
 
 STATE_FILE = "lywnet-state.safetensors"
 WEIGHTS_FILE = "lywnet.safetensors"
@@ -154,7 +156,14 @@ def train_lywnet(config: LYWNetConfig, settings: RunSettings, on_event: Listener
             + (f", {len(monitor)} held-out images for the loss per epoch" if monitor is not None else "")
         )
         torch.manual_seed(config.seed)
-        model = LYWNet().train().to(run.device)
+        model = LYWNet()
+        if config.init and not run.resumed:
+            run.progress["init_sha256"] = _load_own_checkpoint(model, Path(config.init))
+            run.message(f"starting from {config.init} (sha256 {run.progress['init_sha256']})")
+        for norm in model.modules():
+            if isinstance(norm, ImageNorm):
+                norm.batch_statistics_in_training = config.train_norm == "batch"
+        model = model.train().to(run.device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
         run.restore(model, optimizer)
         run.progress.setdefault("log", [])
@@ -170,6 +179,22 @@ def train_lywnet(config: LYWNetConfig, settings: RunSettings, on_event: Listener
         return run.train(
             model, optimizer, config.epochs, train_epoch, lambda: _metadata(model, config, run.progress)
         )
+
+
+def _load_own_checkpoint(model: LYWNet, path: Path) -> str:
+    """Load one of our LYWNet checkpoints (``medfuse-lywnet-1``) into ``model``; returns its sha256.
+
+    Only our own format: the authors' weights carry no licence, so no checkpoint we ship may
+    descend from them.
+
+    Raises:
+        CheckpointError: the file is unreadable, not our format, or does not fit the network.
+    """
+    loaded = read_checkpoint(path)
+    if loaded.metadata.get("format") != OWN_FORMAT:
+        raise CheckpointError(f"--init {path}: not one of our LYWNet checkpoints (format {OWN_FORMAT!r})")
+    load_state_strict(model, loaded.tensors, str(path))
+    return sha256_of(path)
 
 
 def _held_out(config: LYWNetConfig) -> Tensor:
@@ -249,6 +274,7 @@ def finalize_checkpoint(run_weights: Path, out_path: Path, test_metrics: dict) -
 def _metadata(model: LYWNet, config: LYWNetConfig, progress: dict) -> dict[str, str]:
     """LYWNet's checkpoint metadata (the run adds provenance, options, epochs, wall time)."""
     schedule = f"{config.lr_schedule} to {config.min_lr}" if config.lr_schedule == "cosine" else "constant"
+    start = f", from {config.init} (sha256 {progress['init_sha256']})" if config.init else ""
     return {
         "network": "LYWNet",
         "format": OWN_FORMAT,
@@ -258,7 +284,7 @@ def _metadata(model: LYWNet, config: LYWNetConfig, progress: dict) -> dict[str, 
         "schedule": (
             f"autoencoder, {progress['epochs_done']} of {config.epochs} epochs over {progress['images']} Y "
             f"images, Adam lr {config.learning_rate} ({schedule}), batch {config.batch_size}, {config.size} px, "
-            f"loss weights {LOSS_WEIGHTS}"
+            f"loss weights {LOSS_WEIGHTS}, {config.train_norm} statistics in training{start}"
         ),
         "training_log": json.dumps(progress["log"]),
     }

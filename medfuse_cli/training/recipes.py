@@ -76,6 +76,8 @@ _LYWNET_AUTHORS = LYWNetConfig(
     size=32,
     seed=0,
     monitor=(),
+    train_norm="batch",
+    init="",
 )
 
 RECIPES: dict[str, Recipe] = {
