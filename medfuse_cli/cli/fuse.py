@@ -1,4 +1,4 @@
-"""``medfuse fuse``: one pair of images, or two folders paired by file name."""
+"""``medfuse fuse``: one pair of images, two folders paired by file name, or two volumes."""
 
 from __future__ import annotations
 
@@ -17,14 +17,22 @@ from medfuse_cli.output_folders import create_folder, prepare_output_folder, rem
 
 if TYPE_CHECKING:  # the flow (and torch) is imported when the command runs, not for --help
     from medfuse_cli.pipeline import Fusion, PairOutcome
+    from medfuse_cli.volume_fusion import VolumeOptions
 
 _stderr = options.stderr
 
 
 def fuse(
-    mri: Path = typer.Argument(..., help="MRI image, or a folder of MRI images."),
-    functional: Path = typer.Argument(..., help="SPECT/PET/CT image, or a folder paired by file name."),
-    output: str = typer.Option(..., "--output", "-o", help="Output PNG (or - for stdout), or a folder."),
+    mri: Path = typer.Argument(
+        ...,
+        help="MRI image, a folder of MRI images, a NIfTI volume (.nii, .nii.gz) or a DICOM series folder.",
+    ),
+    functional: Path = typer.Argument(
+        ..., help="SPECT/PET/CT image, a folder paired by file name, or a volume (as the MRI)."
+    ),
+    output: str = typer.Option(
+        ..., "--output", "-o", help="Output PNG (or - for stdout), a folder, or for volumes a .nii/.nii.gz."
+    ),
     model: str = options.MODEL,
     device: str = options.DEVICE,
     threads: int | None = options.THREADS,
@@ -42,14 +50,51 @@ def fuse(
         "--skip-existing",
         help="Keep existing output files and fuse only the pairs without one (resumes an interrupted folder run).",
     ),
+    kind: str | None = typer.Option(
+        None,
+        "--kind",
+        help="What the second input is: pet, spect or ct. Required for a NIfTI second volume (DICOM says it).",
+    ),
+    window_mri: str | None = typer.Option(
+        None,
+        "--window-mri",
+        help="MRI window LO,HI in its units [default: 0.5-99.5th percentile of non-zero voxels].",
+    ),
+    window_functional: str | None = typer.Option(
+        None,
+        "--window-functional",
+        help="PET/SPECT window LO,HI in its units, e.g. SUV 0,8 [default: 0 to the 99.9th percentile of non-zero voxels].",
+    ),
+    window_ct: str | None = typer.Option(
+        None,
+        "--window-ct",
+        help="CT window: brain, subdural, soft, bone, or LO,HI in HU [default: subdural, level 75 width 200].",
+    ),
+    colormap: str | None = typer.Option(
+        None,
+        "--colormap",
+        help="Colour map for a grayscale PET/SPECT (matplotlib's: hot, jet, viridis, ...) [default: hot].",
+    ),
+    resample: bool = typer.Option(
+        False,
+        "--resample",
+        help="Volumes: resample the second onto the MRI's grid (trilinear) when they differ.",
+    ),
+    slices: Path | None = typer.Option(
+        None, "--slices", help="Volumes: also write one PNG per axial slice here."
+    ),
+    preview: Path | None = typer.Option(
+        None, "--preview", help="Volumes: also write a lightbox montage PNG."
+    ),
     batch_size: int = options.BATCH_SIZE,
     quiet: bool = options.QUIET,
     as_json: bool = options.JSON,
 ) -> None:
-    """Fuse an MRI with a functional image (only Y is fused; Cb/Cr are kept) into a PNG.
+    """Fuse an MRI with a functional image (only Y is fused; Cb/Cr are kept) into a PNG, or two volumes into a NIfTI.
 
-    What medfuse decides from the data (colour or gray second image, which checkpoint) is in the
-    summary line and in --json; --chroma and --checkpoint override it.
+    What medfuse decides from the data (colour or gray second image, which checkpoint, the
+    intensity windows) is in the summary line and in --json; --chroma, --checkpoint, --kind and
+    the --window-* options override it.
     """
     if output == "-" and as_json:
         raise InputError(
@@ -59,6 +104,7 @@ def fuse(
         raise InputError("--overwrite replaces existing outputs and --skip-existing keeps them: pass one")
     existing = "replace" if overwrite else "skip" if skip_existing else "refuse"
     from medfuse_cli.pipeline import Fusion, check_chroma
+    from medfuse_cli.volume_fusion import VolumeOptions
 
     started = time.perf_counter()
     for source in (mri, functional):
@@ -67,6 +113,26 @@ def fuse(
     fuser_options = {} if temperature is None else {"temperature": temperature}
     fusion = Fusion(model, device, checkpoint, weights, threads, fuser_options)
     check_chroma(chroma)  # an unknown value fails before any work
+    from medfuse_cli.cli.volume import require_both_volumes
+
+    volume_options = VolumeOptions(kind, window_mri, window_functional, window_ct, colormap, resample)
+    if require_both_volumes(mri, functional):
+        _fuse_volumes(
+            fusion,
+            mri,
+            functional,
+            output,
+            volume_options,
+            slices,
+            preview,
+            batch_size,
+            existing,
+            quiet,
+            as_json,
+        )
+        return
+    if slices is not None or preview is not None or resample:
+        raise InputError("--slices, --preview and --resample apply to volumes (NIfTI or DICOM series)")
     if mri.is_dir() or functional.is_dir():
         reading = {"resize": resize, "chroma": chroma, "max_pixels": max_pixels}
         outcomes = _fuse_folders(fusion, mri, functional, Path(output), batch_size, reading, existing, quiet)
@@ -88,6 +154,29 @@ def fuse(
         _stderr.print(_summary_line(fusion, outcomes, seconds), markup=False, soft_wrap=True)
     if failed:
         raise typer.Exit(code=1)
+
+
+def _fuse_volumes(
+    fusion: Fusion,
+    mri: Path,
+    second: Path,
+    output: str,
+    volume_options: VolumeOptions,
+    slices: Path | None,
+    preview: Path | None,
+    batch_size: int,
+    existing: str,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    from medfuse_cli.cli.volume import VolumeOutputs, fuse_volume_files
+
+    outputs = VolumeOutputs(Path(output), slices, preview)
+    run = fuse_volume_files(fusion, mri, second, outputs, volume_options, batch_size, existing, quiet)
+    if as_json:
+        write_stdout(f"{json.dumps(run.to_json(fusion))}\n".encode())
+    elif not quiet:
+        _stderr.print(run.summary_line(fusion), markup=False, soft_wrap=True)
 
 
 def _summary_line(fusion: Fusion, outcomes: list[PairOutcome], seconds: float) -> str:

@@ -1,0 +1,53 @@
+"""Colour maps that turn a grayscale PET/SPECT image into the pseudo-colour the networks saw.
+
+The Harvard atlas's SPECT and PET slices, which the functional checkpoints were trained on,
+are pseudo-coloured. A grayscale functional scan (a NIfTI or DICOM volume, a 16-bit PNG) is
+given colour by one of matplotlib's colour maps (the maintained, perceptually documented
+tables, not hand-typed ones); its Y then goes to the fuser and its Cb/Cr come back with the
+fused Y, exactly as for an atlas image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medfuse_cli.errors import InputError
+
+DEFAULT_COLORMAP = "hot"
+# Named in --help; any other matplotlib colour map name is taken too.
+COMMON_COLORMAPS = ("hot", "jet", "viridis", "inferno", "gray")
+
+
+def check_colormap(name: str) -> str:
+    """``name`` if matplotlib has a colour map of that name.
+
+    Raises:
+        InputError: it has none (the message names a few that exist).
+    """
+    import matplotlib
+
+    if name not in matplotlib.colormaps:
+        raise InputError(
+            f"unknown --colormap '{name}' (e.g. {', '.join(COMMON_COLORMAPS)}; any matplotlib colour map)"
+        )
+    return name
+
+
+def apply_colormap(gray: np.ndarray, name: str) -> np.ndarray:
+    """Colour ``gray`` with the colour map ``name``.
+
+    Args:
+        gray: any shape, float in [0, 1] (a windowed image or volume).
+        name: a matplotlib colour map name (``check_colormap``).
+
+    Returns:
+        float32 RGB in [0, 1], shape ``gray.shape + (3,)``; matplotlib's 256-entry table, so the
+        same input gives the same colours on every machine.
+
+    Raises:
+        InputError: an unknown colour map.
+    """
+    import matplotlib
+
+    colormap = matplotlib.colormaps[check_colormap(name)]
+    return colormap(np.asarray(gray, np.float64), bytes=False)[..., :3].astype(np.float32)

@@ -1,0 +1,242 @@
+"""Read and write scan volumes: NIfTI files (nibabel) and DICOM series folders (``medfuse_cli.dicom``).
+
+A ``Volume`` is voxels in source units with the affine that places them in the scanner's
+RAS+ millimetre space (the NIfTI convention). Two volumes are fused slice by slice only when
+they lie on the same voxel grid (``check_same_grid``); ``resample_onto`` puts one on the
+other's grid as an explicit opt-in (``--resample``). Registration is not medfuse's job.
+
+Slices are fused as axial images, shown as a viewer shows them: the volume is turned to the
+closest RAS+ axis order (``nibabel.orientations``), each slice along S becomes an image with
+anterior at the top and the patient's left on the left (the neurological view;
+``axial_images``), and the fused images are turned back to the MRI's own voxel order
+(``from_axial_images``), so the output has the MRI's grid and affine.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medfuse_cli.atomic import write_atomically
+from medfuse_cli.errors import InputError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Two affines are one grid when no entry differs by more than this (mm): well below any voxel,
+# above the float32 rounding of a header's quaternion.
+GRID_TOLERANCE_MM = 1e-3
+_DESCRIPTION_BYTES = 79  # NIfTI-1's descrip field holds 80 bytes, the last a NUL
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3-D scan.
+
+    Attributes:
+        voxels: float32 (I, J, K) in source units (HU for CT; as stored, after the file's own
+            scaling, for NIfTI), every value finite.
+        affine: float64 (4, 4): voxel (i, j, k) -> RAS+ millimetres.
+        source: the file or folder it was read from.
+        modality: the DICOM Modality (``MR``, ``PT``, ``NM``, ``CT``, ...), None for NIfTI.
+        units: the values' units where the file says them (``HU``, ``BQML``, ...), else ``""``.
+        qform_code, sform_code: NIfTI's codes for the affine (1 = scanner for DICOM), copied to
+            the fused volume so viewers place it as they place the MRI.
+        spatial_unit: NIfTI's xyz unit (``mm`` for DICOM), copied likewise.
+    """
+
+    voxels: np.ndarray
+    affine: np.ndarray
+    source: Path
+    modality: str | None = None
+    units: str = ""
+    qform_code: int = 1
+    sform_code: int = 1
+    spatial_unit: str = "mm"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(I, J, K) voxels."""
+        return self.voxels.shape  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel sizes along I, J, K in the affine's units (mm): its columns' lengths."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    def describe_grid(self) -> str:
+        """E.g. ``256x256x180 voxels of 1x1x1.2 mm``."""
+        shape = "x".join(str(n) for n in self.shape)
+        return f"{shape} voxels of {'x'.join(f'{s:.4g}' for s in self.spacing)} mm"
+
+
+def is_nifti_path(path: Path | str) -> bool:
+    """Whether ``path`` is named as a NIfTI file (``.nii`` or ``.nii.gz``)."""
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def is_volume_input(path: Path) -> bool:
+    """Whether ``path`` is a NIfTI file or a folder of DICOM files (by content)."""
+    from medfuse_cli.dicom import is_dicom_folder
+
+    return is_nifti_path(path) or (path.is_dir() and is_dicom_folder(path))
+
+
+def read_volume(path: Path) -> Volume:
+    """Read a NIfTI-1/2 file or a DICOM series folder.
+
+    Raises:
+        InputError: a missing or unreadable file, not 3-D (a 4-D file with more than one
+            frame, an RGB NIfTI), NaN or infinite voxels, or what ``dicom.read_dicom_series``
+            refuses.
+    """
+    if not path.exists():
+        raise InputError(f"file not found: {path}")
+    if path.is_dir():
+        from medfuse_cli.dicom import read_dicom_series
+
+        series = read_dicom_series(path)
+        volume = Volume(series.voxels, series.affine, path, series.modality, series.units)
+    else:
+        volume = _read_nifti(path)
+    bad = int(np.count_nonzero(~np.isfinite(volume.voxels)))
+    if bad:
+        raise InputError(f"{path}: {bad} voxel(s) are NaN or infinite; fix or mask them first")
+    return volume
+
+
+def _read_nifti(path: Path) -> Volume:
+    import nibabel
+
+    try:
+        image = nibabel.load(path)
+    except Exception as exc:  # nibabel raises many kinds (ImageFileError, OSError, EOFError, ...)
+        raise InputError(
+            f"cannot read {path} as NIfTI: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+    if not isinstance(image, nibabel.Nifti1Image | nibabel.Nifti2Image):
+        raise InputError(f"{path} is not a NIfTI-1/2 image ({type(image).__name__})")
+    if image.get_data_dtype().names:
+        raise InputError(f"{path} holds RGB voxels; medfuse takes a grayscale MRI and PET/SPECT/CT volume")
+    shape = image.shape
+    if len(shape) > 3 and any(n != 1 for n in shape[3:]):
+        raise InputError(
+            f"{path} is {len(shape)}-D ({'x'.join(map(str, shape))}): medfuse fuses 3-D volumes; "
+            "extract one frame first (e.g. fslroi, or nibabel's image slicer)"
+        )
+    try:
+        voxels = np.asarray(image.get_fdata(dtype=np.float32))
+    except Exception as exc:
+        raise InputError(f"cannot read the voxels of {path}: {str(exc).splitlines()[0]}") from None
+    voxels = voxels.reshape(shape[:3] + (1,) * (3 - len(shape[:3])))
+    header = image.header
+    spatial_unit = header.get_xyzt_units()[0] or "unknown"
+    return Volume(
+        voxels,
+        np.asarray(image.affine, np.float64),
+        path,
+        None,
+        "",
+        int(header["qform_code"]),
+        int(header["sform_code"]),
+        spatial_unit,
+    )
+
+
+def check_same_grid(mri: Volume, second: Volume) -> None:
+    """Refuse two volumes whose voxel grids differ (shape, or an affine entry by > 1 µm).
+
+    Raises:
+        InputError: one line naming both grids and ``--resample``.
+    """
+    same = mri.shape == second.shape and np.allclose(
+        mri.affine, second.affine, rtol=0, atol=GRID_TOLERANCE_MM
+    )
+    if not same:
+        what = "shapes" if mri.shape != second.shape else "affines (position or orientation)"
+        raise InputError(
+            f"the volumes are not on one voxel grid ({what} differ): {mri.source} is {mri.describe_grid()}, "
+            f"{second.source} is {second.describe_grid()}; register them first, or pass --resample to "
+            "resample the second onto the MRI's grid"
+        )
+
+
+def resample_onto(second: Volume, mri: Volume) -> Volume:
+    """``second`` resampled onto ``mri``'s grid: trilinear (``nibabel.processing``), 0 outside it.
+
+    Only interpolation: the two must already be registered (same scanner space).
+    """
+    import nibabel
+    from nibabel.processing import resample_from_to
+
+    image = nibabel.Nifti1Image(second.voxels, second.affine)
+    resampled = resample_from_to(image, (mri.shape, mri.affine), order=1, mode="constant", cval=0.0)
+    voxels = np.asarray(resampled.dataobj, np.float32)
+    return Volume(
+        voxels, mri.affine.copy(), second.source, second.modality, second.units,
+        mri.qform_code, mri.sform_code, mri.spatial_unit,
+    )  # fmt: skip
+
+
+def axial_images(voxels: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The volume's axial slices as images: (K_S, H, W) or, for (I, J, K, 3) voxels, (K_S, H, W, 3).
+
+    The voxels are turned to the closest RAS+ axis order; image k is the k-th plane along S
+    (inferior to superior), its rows running from anterior (top) to posterior and its columns
+    from the patient's left to right (the neurological view). Values are not changed.
+    """
+    from nibabel.orientations import apply_orientation, io_orientation
+
+    ras = apply_orientation(voxels, io_orientation(affine))  # (R, A, S[, 3])
+    # (R, A) plane -> image rows from anterior (top) to posterior, columns along R.
+    return np.ascontiguousarray(np.flip(np.moveaxis(ras, 2, 0).swapaxes(1, 2), axis=1))
+
+
+def from_axial_images(images: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The inverse of ``axial_images``: images (K_S, H, W[, 3]) back to the volume's voxel order."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    ras = np.moveaxis(np.flip(images, axis=1).swapaxes(1, 2), 0, 2)
+    back = ornt_transform(axcodes2ornt("RAS"), io_orientation(affine))
+    return np.ascontiguousarray(apply_orientation(ras, back))
+
+
+def write_nifti(
+    path: Path, voxels: np.ndarray, reference: Volume, description: str, *, overwrite: bool
+) -> None:
+    """Write a fused volume atomically as NIfTI-1 on ``reference``'s grid.
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` (gzip with a zero timestamp: the same volume gives the
+            same bytes).
+        voxels: float32 in [0, 1], (I, J, K) gray or (I, J, K, 3) RGB, ``reference``'s shape;
+            stored as uint8 (RGB: NIfTI's RGB24 voxel type, which FSLeyes, ITK-SNAP and 3D
+            Slicer show in colour).
+        reference: the MRI: its affine, qform/sform codes and spatial unit are copied.
+        description: the header's ``descrip`` (at most 79 bytes kept), e.g. the windows used.
+        overwrite: replace an existing file.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+        OSError: the file cannot be written (nothing is left behind).
+    """
+    import nibabel
+
+    levels = np.rint(np.clip(voxels, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if levels.ndim == 4:
+        rgb = np.empty(levels.shape[:3], dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+        for index, channel in enumerate("RGB"):
+            rgb[channel] = levels[..., index]
+        levels = rgb
+    image = nibabel.Nifti1Image(levels, reference.affine)
+    image.set_qform(reference.affine, code=max(reference.qform_code, 0))
+    image.set_sform(reference.affine, code=max(reference.sform_code, 0))
+    image.header.set_xyzt_units(xyz=reference.spatial_unit if reference.spatial_unit != "unknown" else None)
+    image.header["descrip"] = description.encode("ascii", "replace")[:_DESCRIPTION_BYTES]
+    if levels.dtype == np.uint8:
+        image.header["cal_min"], image.header["cal_max"] = 0, 255
+    data = image.to_bytes()
+    if str(path).lower().endswith(".gz"):
+        data = gzip.compress(data, compresslevel=6, mtime=0)
+    write_atomically(path, lambda tmp: tmp.write_bytes(data), overwrite=overwrite)
