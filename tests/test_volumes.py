@@ -1,0 +1,283 @@
+"""Volumes in, a volume out: NIfTI reading and writing, grids, windows, and the slice path's
+agreement with the 2-D path, on small volumes built from the bundled example pairs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pytest
+from PIL import Image
+
+from medfuse_cli.errors import InputError
+from medfuse_cli.montage import lightbox
+from medfuse_cli.volumes import Volume, axial_images, from_axial_images, read_volume
+from medfuse_cli.windows import CT_PRESETS, ct_window, functional_window, mri_window
+
+# An oblique-free but not canonical grid: voxel axes run L, P, S (DICOM's LPS order), 0.9 x 0.9
+# x 3 mm, off-centre: reading it back as images must undo the flips.
+LPS_AFFINE = np.array(
+    [[-0.9, 0.0, 0.0, 115.0], [0.0, -0.9, 0.0, 130.0], [0.0, 0.0, 3.0, -40.0], [0.0, 0.0, 0.0, 1.0]]
+)
+NIBABEL_DATA = Path(nibabel.__file__).parent / "tests" / "data"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _stack(folder: Path) -> np.ndarray:
+    """The folder's 8-bit gray PNGs, sorted by name, as (K, H, W) uint8."""
+    return np.stack([np.asarray(Image.open(p).convert("L")) for p in sorted(folder.glob("*.png"))])
+
+
+def _save(images: np.ndarray, affine: np.ndarray, path: Path) -> Path:
+    """Images (K, H, W) as a NIfTI volume whose axial slices they are."""
+    nibabel.save(nibabel.Nifti1Image(from_axial_images(images, affine).astype(np.int16), affine), path)
+    return path
+
+
+@pytest.fixture
+def ct_volumes(examples: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The two bundled CT-MRI pairs as a 2-slice MRI volume and a CT volume (values 0..255)."""
+    mri = _save(_stack(examples / "CT-MRI" / "MRI"), LPS_AFFINE, tmp_path / "t1.nii.gz")
+    ct = _save(_stack(examples / "CT-MRI" / "CT"), LPS_AFFINE, tmp_path / "ct.nii.gz")
+    return mri, ct
+
+
+@pytest.mark.parametrize(
+    "axes",
+    [(0, 1, 2), (1, 0, 2), (2, 0, 1), (0, 2, 1)],
+)
+@pytest.mark.parametrize("flips", [(1, 1, 1), (-1, 1, -1), (-1, -1, 1)])
+def test_axial_images_and_back_are_inverse_for_any_axis_order(axes, flips) -> None:
+    affine = np.zeros((4, 4))
+    for voxel_axis, world_axis in enumerate(axes):
+        affine[world_axis, voxel_axis] = flips[voxel_axis] * (1.0 + voxel_axis)
+    affine[3, 3] = 1.0
+    voxels = np.random.default_rng(0).random((4, 5, 6, 3)).astype(np.float32)
+    images = axial_images(voxels, affine)
+    assert images.shape[0] == voxels.shape[axes.index(2)]  # one image per plane along S
+    np.testing.assert_array_equal(from_axial_images(images, affine), voxels)
+
+
+def test_axial_images_show_anterior_at_the_top() -> None:
+    voxels = np.zeros((4, 6, 2), np.float32)
+    voxels[:, 5, :] = 1.0  # the most anterior row in RAS order
+    images = axial_images(voxels, np.eye(4))
+    assert images.shape == (2, 6, 4)
+    assert images[0, 0].min() == 1.0 and images[0, 1:].max() == 0.0
+
+
+def test_volume_slices_equal_the_2d_path(ct_volumes, examples: Path, tmp_path: Path, run_cli) -> None:
+    mri, ct = ct_volumes
+    out = tmp_path / "fused.nii.gz"
+    windows = ("--window-mri", "0,255", "--window-ct", "0,255")  # the 8-bit PNGs' own scale
+    result = run_cli("fuse", mri, ct, "-o", out, "--kind", "ct", *windows, "-q")
+    assert result.code == 0, result.stderr
+    fused = read_volume(out)
+    slices = axial_images(fused.voxels, fused.affine)
+    for index, name in enumerate(sorted(p.name for p in (examples / "CT-MRI" / "MRI").glob("*.png"))):
+        png = tmp_path / f"2d-{name}"
+        assert (
+            run_cli(
+                "fuse", examples / "CT-MRI" / "MRI" / name, examples / "CT-MRI" / "CT" / name, "-o", png, "-q"
+            ).code
+            == 0
+        )
+        two_d = np.asarray(Image.open(png)).astype(int)
+        assert np.abs(slices[index].astype(int) - two_d).max() <= 1
+
+
+def test_output_is_on_the_mri_grid_with_its_codes_and_windows(
+    ct_volumes, examples: Path, tmp_path: Path, run_cli
+) -> None:
+    mri, _ = ct_volumes
+    ct = _save(
+        _stack(examples / "CT-MRI" / "CT").astype(np.int16) * 8 - 1024, LPS_AFFINE, tmp_path / "hu.nii.gz"
+    )
+    out = tmp_path / "fused.nii"
+    result = run_cli("fuse", mri, ct, "-o", out, "--kind", "ct", "--window-ct", "brain", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["windows"]["second"] == {
+        "low": 0.0,
+        "high": 80.0,
+        "units": "HU",
+        "rule": "--window-ct brain (level 40, width 80)",
+    }
+    assert report["kind"] == "ct" and report["checkpoint"] == "lwnet.ct" and report["shape"] == [256, 256, 2]
+    image = nibabel.load(out)
+    source = nibabel.load(mri)
+    np.testing.assert_allclose(image.affine, source.affine, atol=1e-6)
+    assert int(image.header["qform_code"]) == int(source.header["qform_code"])
+    assert int(image.header["sform_code"]) == int(source.header["sform_code"])
+    assert image.get_data_dtype() == np.uint8  # a CT pair gives a gray volume
+    assert b"CT 0..80 HU" in image.header["descrip"].tobytes()
+
+
+def test_a_pet_volume_is_coloured_and_written_as_rgb(examples: Path, tmp_path: Path, run_cli) -> None:
+    mri = _save(_stack(examples / "PET-MRI" / "MRI"), LPS_AFFINE, tmp_path / "t1.nii.gz")
+    pet = _save(_stack(examples / "PET-MRI" / "PET"), LPS_AFFINE, tmp_path / "pet.nii.gz")
+    out, preview, slices = tmp_path / "fused.nii.gz", tmp_path / "preview.png", tmp_path / "slices"
+    args = ("fuse", mri, pet, "-o", out, "--kind", "pet", "--preview", preview, "--slices", slices, "--json")
+    report = json.loads(run_cli(*args).stdout)
+    assert report["colormap"] == "hot" and report["checkpoint"] == "lwnet.functional"
+    assert report["windows"]["second"]["rule"].startswith("auto: 0 to the 99.9th percentile")
+    image = nibabel.load(out)
+    assert image.get_data_dtype().names == ("R", "G", "B")
+    rgb = np.asarray(image.dataobj)
+    assert rgb["R"].astype(int).sum() > rgb["B"].astype(int).sum()  # "hot" is red before blue
+    assert sorted(p.name for p in slices.iterdir()) == ["slice_000.png", "slice_001.png"]
+    assert np.asarray(Image.open(preview)).shape == (256, 512, 3)  # two slices side by side
+    first = _sha(out)
+    assert run_cli(*args[:-1], "--overwrite", "-q").code == 0
+    assert _sha(out) == first  # same inputs, weights and device: same bytes
+
+
+def test_a_nifti_pair_that_is_not_on_one_grid_is_refused_unless_resampled(
+    ct_volumes, tmp_path: Path, run_cli
+) -> None:
+    mri, ct = ct_volumes
+    moved = nibabel.load(ct)
+    shifted_affine = moved.affine.copy()
+    shifted_affine[0, 3] += 2.0
+    shifted = tmp_path / "shifted.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.asarray(moved.dataobj), shifted_affine), shifted)
+    result = run_cli(
+        "fuse", mri, shifted, "-o", tmp_path / "f.nii.gz", "--kind", "ct", "--window-ct", "0,255"
+    )
+    assert result.code == 1 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "--resample" in result.stderr and "256x256x2 voxels of 0.9x0.9x3 mm" in result.stderr
+    assert not (tmp_path / "f.nii.gz").exists()
+    result = run_cli(
+        "fuse",
+        mri,
+        shifted,
+        "-o",
+        tmp_path / "f.nii.gz",
+        "--kind",
+        "ct",
+        "--window-ct",
+        "0,255",
+        "--resample",
+        "--json",
+    )
+    assert result.code == 0 and json.loads(result.stdout)["resampled"] is True
+
+
+def _refusal(run_cli, tmp_path: Path, *args: object) -> str:
+    before = {p: _sha(p) for p in tmp_path.rglob("*") if p.is_file()}
+    result = run_cli("fuse", *args)
+    assert result.code == 1, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    after = {p: _sha(p) for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, inputs untouched
+    return result.stderr
+
+
+def test_bad_volume_inputs_are_one_line_each(ct_volumes, examples: Path, tmp_path: Path, run_cli) -> None:
+    mri, ct = ct_volumes
+    out = tmp_path / "out.nii.gz"
+    assert "--kind" in _refusal(run_cli, tmp_path, mri, ct, "-o", out)
+    assert "CT" in _refusal(run_cli, tmp_path, mri, ct, "-o", out, "--kind", "ct", "--colormap", "hot")
+    assert ".nii" in _refusal(run_cli, tmp_path, mri, ct, "-o", tmp_path / "out.png", "--kind", "ct")
+    png = examples / "CT-MRI" / "CT" / "2004.png"
+    assert "two volumes" in _refusal(run_cli, tmp_path, mri, png, "-o", out, "--kind", "ct")
+    # Not Hounsfield units (lowest value 0, no air): a HU preset would be a guess.
+    assert "Hounsfield" in _refusal(run_cli, tmp_path, mri, ct, "-o", out, "--kind", "ct")
+    assert "--window-ct" in _refusal(
+        run_cli, tmp_path, mri, ct, "-o", out, "--kind", "pet", "--window-ct", "brain"
+    )
+
+    four_d = tmp_path / "4d.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.ones((4, 4, 3, 2), np.float32), np.eye(4)), four_d)
+    assert "4-D" in _refusal(run_cli, tmp_path, mri, four_d, "-o", out, "--kind", "pet")
+    nan = tmp_path / "nan.nii.gz"
+    values = np.asarray(nibabel.load(ct).dataobj).astype(np.float32)
+    values[3, 3, 1] = np.nan
+    nibabel.save(nibabel.Nifti1Image(values, LPS_AFFINE), nan)
+    assert "NaN" in _refusal(run_cli, tmp_path, mri, nan, "-o", out, "--kind", "pet")
+    constant = tmp_path / "constant.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.full((256, 256, 2), 7, np.int16), LPS_AFFINE), constant)
+    assert "--window-mri" in _refusal(
+        run_cli, tmp_path, constant, ct, "-o", out, "--kind", "ct", "--window-ct", "0,255"
+    )
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(mri.read_bytes()[:200])
+    assert str(truncated) in _refusal(run_cli, tmp_path, truncated, ct, "-o", out, "--kind", "ct")
+
+
+def test_an_existing_output_is_kept_unless_overwrite(ct_volumes, tmp_path: Path, run_cli) -> None:
+    mri, ct = ct_volumes
+    out = tmp_path / "out.nii.gz"
+    out.write_bytes(b"keep me")
+    assert "--overwrite" in _refusal(
+        run_cli, tmp_path, mri, ct, "-o", out, "--kind", "ct", "--window-ct", "0,255"
+    )
+    assert out.read_bytes() == b"keep me"
+    result = run_cli(
+        "fuse", mri, ct, "-o", out, "--kind", "ct", "--window-ct", "0,255", "--skip-existing", "--json"
+    )
+    assert (
+        result.code == 0 and json.loads(result.stdout)["skipped"] is True and out.read_bytes() == b"keep me"
+    )
+
+
+def test_nibabels_own_files_are_read_and_a_4d_one_refused() -> None:
+    anatomical = read_volume(NIBABEL_DATA / "anatomical.nii")
+    assert anatomical.voxels.ndim == 3 and anatomical.voxels.dtype == np.float32
+    assert anatomical.affine.shape == (4, 4)
+    with pytest.raises(InputError, match="4-D"):
+        read_volume(NIBABEL_DATA / "example4d.nii.gz")
+
+
+def test_windows_follow_their_rules() -> None:
+    values = np.concatenate([np.zeros(1000), np.arange(1, 1001, dtype=float)])
+    window = mri_window(values, None, "a.u.", "mri")
+    assert window.low == pytest.approx(np.percentile(np.arange(1, 1001), 0.5))
+    assert window.high == pytest.approx(np.percentile(np.arange(1, 1001), 99.5))
+    assert mri_window(values, "10,20", "a.u.", "mri").apply(np.array([5.0, 15.0, 25.0])).tolist() == [
+        0.0,
+        0.5,
+        1.0,
+    ]
+    pet = functional_window(values, None, "BQML", "pet")
+    assert pet.low == 0.0 and pet.high == pytest.approx(np.percentile(np.arange(1, 1001), 99.9))
+    level, width = CT_PRESETS["bone"]
+    assert (ct_window("bone").low, ct_window("bone").high) == (level - width / 2, level + width / 2)
+    for bad in ("brian", "3", "5,1", "a,b", "1,inf"):
+        with pytest.raises(InputError):
+            ct_window(bad)
+
+
+def test_lightbox_leaves_out_empty_slices_and_keeps_order() -> None:
+    images = np.zeros((6, 2, 3), np.float32)
+    for k in (1, 2, 4):
+        images[k, 0, 0] = k / 10
+    tiled = lightbox(images, count=16)
+    assert tiled.shape == (4, 6)  # three slices on a 2x2 grid
+    assert [tiled[0, 0], tiled[0, 3], tiled[2, 0]] == pytest.approx([0.1, 0.2, 0.4])
+
+
+def test_inputs_are_untouched(ct_volumes, tmp_path: Path, run_cli) -> None:
+    mri, ct = ct_volumes
+    stamps = {p: (os.stat(p).st_mtime_ns, _sha(p)) for p in (mri, ct)}
+    assert (
+        run_cli(
+            "fuse", mri, ct, "-o", tmp_path / "f.nii.gz", "--kind", "ct", "--window-ct", "0,255", "-q"
+        ).code
+        == 0
+    )
+    assert stamps == {p: (os.stat(p).st_mtime_ns, _sha(p)) for p in (mri, ct)}
+
+
+def test_volume_api_reads_like_the_cli(ct_volumes) -> None:
+    mri, ct = (read_volume(p) for p in ct_volumes)
+    assert isinstance(mri, Volume) and mri.shape == (256, 256, 2)
+    assert mri.spacing == pytest.approx((0.9, 0.9, 3.0))
