@@ -33,9 +33,9 @@ SOP_CLASS = {
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
-def _oblique_orientation() -> np.ndarray:
-    """Axial tilted 15° about x, then turned 10° about z; rounded as a scanner writes it."""
-    a, b = np.radians(10.0), np.radians(15.0)
+def _oblique_orientation(turn: float = 10.0) -> np.ndarray:
+    """Axial tilted 15° about x, then turned ``turn``° about z; rounded as a scanner writes it."""
+    a, b = np.radians(turn), np.radians(15.0)
     row = [np.cos(a), np.sin(a), 0.0]
     col = [-np.sin(a) * np.cos(b), np.cos(a) * np.cos(b), -np.sin(b)]
     return np.round(np.array(row + col), 6)
@@ -412,10 +412,9 @@ def test_duplicate_position(tmp_path: Path) -> None:
 def test_differing_orientation(tmp_path: Path) -> None:
     folder = tmp_path / "orient"
     written = write_series(folder, count=3)
-    turned = OBLIQUE.copy()
-    turned[:3] = np.round([np.cos(np.radians(10.5)), np.sin(np.radians(10.5)), 0.0], 6)
+    turned = _oblique_orientation(turn=10.5)  # orthonormal, but 0.5° off the others
     write_slice(written.paths[1], written.pixels[1], written.positions[1], turned)
-    refusal(folder, "ImageOrientationPatient", written.paths[1].name)
+    refusal(folder, "differ in ImageOrientationPatient", written.paths[1].name)
 
 
 def test_differing_rows_and_columns(tmp_path: Path) -> None:

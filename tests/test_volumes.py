@@ -15,7 +15,7 @@ from PIL import Image
 
 from medfuse_cli.errors import InputError
 from medfuse_cli.montage import lightbox
-from medfuse_cli.volumes import Volume, axial_images, from_axial_images, read_volume
+from medfuse_cli.volumes import axial_images, from_axial_images, read_volume
 from medfuse_cli.windows import CT_PRESETS, ct_window, functional_window, mri_window
 
 # An oblique-free but not canonical grid: voxel axes run L, P, S (DICOM's LPS order), 0.9 x 0.9
@@ -277,7 +277,70 @@ def test_inputs_are_untouched(ct_volumes, tmp_path: Path, run_cli) -> None:
     assert stamps == {p: (os.stat(p).st_mtime_ns, _sha(p)) for p in (mri, ct)}
 
 
-def test_volume_api_reads_like_the_cli(ct_volumes) -> None:
-    mri, ct = (read_volume(p) for p in ct_volumes)
-    assert isinstance(mri, Volume) and mri.shape == (256, 256, 2)
-    assert mri.spacing == pytest.approx((0.9, 0.9, 3.0))
+def test_the_python_function_gives_what_the_cli_writes(ct_volumes, tmp_path: Path, run_cli) -> None:
+    import medfuse_cli
+
+    mri, ct = (medfuse_cli.read_volume(p) for p in ct_volumes)
+    assert mri.shape == (256, 256, 2) and mri.spacing == pytest.approx((0.9, 0.9, 3.0))
+    fused = medfuse_cli.fuse_volume(mri.voxels, ct.voxels, mri.affine, "ct", window_ct="0,255", device="cpu")
+    assert fused.shape == (256, 256, 2) and fused.dtype == np.float32
+    out = tmp_path / "f.nii.gz"
+    assert run_cli("fuse", *ct_volumes, "-o", out, "--kind", "ct", "--window-ct", "0,255", "-q").code == 0
+    written = np.asarray(nibabel.load(out).dataobj)
+    np.testing.assert_array_equal(np.rint(fused * 255).astype(np.uint8), written)
+    with pytest.raises(InputError, match="3-D"):
+        medfuse_cli.fuse_volume(mri.voxels[..., 0], ct.voxels, mri.affine, "ct")
+
+
+def _dicom_series(images: np.ndarray, folder: Path, modality: str, uid: str, intercept: float) -> Path:
+    """(K, H, W) stored values as an axial DICOM series, 3 mm apart, files named in shuffled order."""
+    from test_dicom import AXIAL, scrambled, write_slice
+
+    folder.mkdir()
+    names = scrambled(len(images), seed=1) if len(images) >= 3 else list(range(len(images)))[::-1]
+    for k, pixels in enumerate(images):
+        position = np.array([-115.0, -130.0, -40.0 + 3.0 * k])
+        write_slice(
+            folder / f"IM{names[k]:03d}.dcm", pixels, position, AXIAL, modality=modality, series_uid=uid,
+            instance=names[k] + 1, spacing=(0.9, 0.9), thickness=3.0, slope=1.0, intercept=intercept,
+        )  # fmt: skip
+    return folder
+
+
+def test_a_dicom_pair_and_the_same_data_as_nifti_give_the_same_volume(
+    examples: Path, tmp_path: Path, run_cli
+) -> None:
+    mri_images = _stack(examples / "CT-MRI" / "MRI")
+    ct_images = _stack(examples / "CT-MRI" / "CT").astype(np.uint16) * 8  # 0..2040 stored, HU = stored - 1024
+    mri_series = _dicom_series(mri_images, tmp_path / "MRI_SERIES", "MR", "1.2.826.0.1.1", 0.0)
+    ct_series = _dicom_series(ct_images, tmp_path / "CT_SERIES", "CT", "1.2.826.0.1.2", -1024.0)
+    from_dicom = tmp_path / "from-dicom.nii.gz"
+    result = run_cli("fuse", mri_series, ct_series, "-o", from_dicom, "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["kind"] == "ct" and report["kind_from"] == "DICOM Modality CT"
+    assert report["windows"]["second"]["rule"].startswith("auto: the subdural preset")
+
+    niftis = []
+    for series, name in ((mri_series, "t1.nii.gz"), (ct_series, "ct.nii.gz")):
+        volume = read_volume(series)
+        nibabel.save(nibabel.Nifti1Image(volume.voxels, volume.affine), tmp_path / name)
+        niftis.append(tmp_path / name)
+    assert read_volume(ct_series).voxels.min() == -1024.0  # the rescale was applied
+    from_nifti = tmp_path / "from-nifti.nii.gz"
+    assert run_cli("fuse", *niftis, "-o", from_nifti, "--kind", "ct", "-q").code == 0
+    dicom_image, nifti_image = nibabel.load(from_dicom), nibabel.load(from_nifti)
+    np.testing.assert_array_equal(np.asarray(dicom_image.dataobj), np.asarray(nifti_image.dataobj))
+    np.testing.assert_allclose(dicom_image.affine, nifti_image.affine, atol=1e-5)
+    # Both are the axial grid the series was written on: 0.9 x 0.9 x 3 mm, LPS voxel axes.
+    assert nibabel.aff2axcodes(dicom_image.affine) == ("L", "P", "S")
+    np.testing.assert_allclose(nibabel.affines.voxel_sizes(dicom_image.affine), (0.9, 0.9, 3.0))
+
+
+def test_two_series_in_one_folder_and_a_non_mri_first_input_are_refused(
+    examples: Path, tmp_path: Path, run_cli
+) -> None:
+    ct_images = _stack(examples / "CT-MRI" / "CT").astype(np.uint16)
+    ct_series = _dicom_series(ct_images, tmp_path / "CT_SERIES", "CT", "1.2.826.0.1.2", -1024.0)
+    message = _refusal(run_cli, tmp_path, ct_series, ct_series, "-o", tmp_path / "f.nii.gz")
+    assert "must be the MRI" in message
