@@ -47,7 +47,40 @@ def apply_colormap(gray: np.ndarray, name: str) -> np.ndarray:
     Raises:
         InputError: an unknown colour map.
     """
+    table = colormap_table(name)
+    return table[_table_index(gray, len(table))]
+
+
+def colormap_table(name: str) -> np.ndarray:
+    """The colour map's own table: float32 (N, 3) RGB in [0, 1] (N = 256 for matplotlib's maps).
+
+    Raises:
+        InputError: an unknown colour map.
+    """
     import matplotlib
 
     colormap = matplotlib.colormaps[check_colormap(name)]
-    return colormap(np.asarray(gray, np.float64), bytes=False)[..., :3].astype(np.float32)
+    return colormap(np.arange(colormap.N))[:, :3].astype(np.float32)
+
+
+def colormap_luma(gray: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``split_luma(apply_colormap(gray, name))`` computed on the table, not on every pixel.
+
+    A colour map has N colours, so the YCbCr of its N entries (``color.rgb_to_ycbcr``) looked
+    up per pixel is the same as converting the coloured image, at a fraction of the work and
+    memory: what makes a 180-slice volume cheap.
+
+    Returns:
+        Y (``gray.shape``) and Cb/Cr (``gray.shape + (2,)``), float32 in [0, 1].
+    """
+    from medfuse_cli.color import rgb_to_ycbcr
+
+    table = rgb_to_ycbcr(colormap_table(name))
+    index = _table_index(gray, len(table))
+    return table[index, 0], table[index, 1:]
+
+
+def _table_index(gray: np.ndarray, entries: int) -> np.ndarray:
+    """matplotlib's own value-to-entry rule for values in [0, 1]: floor(v × N), with 1 -> N - 1."""
+    scaled = np.asarray(gray, np.float32) * np.float32(entries)
+    return np.clip(scaled, 0, entries - 1, out=scaled).astype(np.intp)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medfuse_cli.color import merge_luma, split_luma
-from medfuse_cli.colormaps import DEFAULT_COLORMAP, apply_colormap, check_colormap
+from medfuse_cli.color import merge_luma
+from medfuse_cli.colormaps import DEFAULT_COLORMAP, check_colormap, colormap_luma
 from medfuse_cli.errors import InputError
 from medfuse_cli.fusers.registry import CT, FUNCTIONAL
 from medfuse_cli.volumes import Volume, axial_images, check_same_grid, from_axial_images, resample_onto
@@ -199,19 +199,22 @@ def fuse_volumes(
         second, resampled = resample_onto(second, mri), True
     check_same_grid(mri, second)
     mri_win, second_win = choose_windows(mri, second, kind, options)
-    anatomical = axial_images(mri_win.apply(mri.voxels), mri.affine)
-    windowed = second_win.apply(second.voxels)
-    if colormap is None:
-        functional_y, chroma = axial_images(windowed, mri.affine), None
-    else:
-        functional_y, chroma = split_luma(axial_images(apply_colormap(windowed, colormap), mri.affine))
-    fuser_kind = CT if kind == "ct" else FUNCTIONAL
-    fused_y = np.empty_like(anatomical)
+    # Turned to axial images once (source units); windowed, coloured, fused and merged a batch
+    # of slices at a time, so the float work stays in cache and the memory is one output volume.
+    anatomical = axial_images(mri.voxels, mri.affine)
+    functional = axial_images(second.voxels, mri.affine)
     total = len(anatomical)
+    fused = np.empty(anatomical.shape + ((3,) if colormap else ()), np.float32)
+    fuser_kind = CT if kind == "ct" else FUNCTIONAL
     for start in range(0, total, batch_size):
-        stop = min(start + batch_size, total)
-        fused_y[start:stop] = fusion.fuse_y(anatomical[start:stop], functional_y[start:stop], fuser_kind)
-        on_slices(stop, total)
-    fused = merge_luma(fused_y, chroma)
+        batch = slice(start, min(start + batch_size, total))
+        windowed = second_win.apply(functional[batch])
+        if colormap is None:
+            functional_y, chroma = windowed, None
+        else:
+            functional_y, chroma = colormap_luma(windowed, colormap)
+        fused_y = fusion.fuse_y(mri_win.apply(anatomical[batch]), functional_y, fuser_kind)
+        fused[batch] = merge_luma(fused_y, chroma)
+        on_slices(batch.stop, total)
     voxels = from_axial_images(fused, mri.affine)
     return FusedVolume(voxels, mri, kind, kind_rule, mri_win, second_win, colormap, resampled)

@@ -208,8 +208,8 @@ def write_nifti(
     """Write a fused volume atomically as NIfTI-1 on ``reference``'s grid.
 
     Args:
-        path: ``.nii`` or ``.nii.gz`` (gzip with a zero timestamp: the same volume gives the
-            same bytes).
+        path: ``.nii`` or ``.nii.gz`` (gzip level 1, nibabel's own default, with a zero
+            timestamp: the same volume gives the same bytes).
         voxels: float32 in [0, 1], (I, J, K) gray or (I, J, K, 3) RGB, ``reference``'s shape;
             stored as uint8 (RGB: NIfTI's RGB24 voxel type, which FSLeyes, ITK-SNAP and 3D
             Slicer show in colour).
@@ -238,5 +238,5 @@ def write_nifti(
         image.header["cal_min"], image.header["cal_max"] = 0, 255
     data = image.to_bytes()
     if str(path).lower().endswith(".gz"):
-        data = gzip.compress(data, compresslevel=6, mtime=0)
+        data = gzip.compress(data, compresslevel=1, mtime=0)
     write_atomically(path, lambda tmp: tmp.write_bytes(data), overwrite=overwrite)

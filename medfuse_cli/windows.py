@@ -58,9 +58,13 @@ class Window:
             raise InputError(f"a window needs finite LO < HI, got {self.low:g},{self.high:g} ({self.rule})")
 
     def apply(self, values: np.ndarray) -> np.ndarray:
-        """Map ``values`` (any shape, any real dtype, source units) to float32 in [0, 1]."""
-        scaled = (np.asarray(values, np.float64) - self.low) / (self.high - self.low)
-        return np.clip(scaled, 0.0, 1.0).astype(np.float32)
+        """Map ``values`` (any shape, any real dtype, source units) to a new float32 array in [0, 1].
+
+        float32 arithmetic: exact for 16-bit stored values, and a volume is not doubled in memory.
+        """
+        scaled = np.asarray(values, np.float32) - np.float32(self.low)
+        scaled /= np.float32(self.high - self.low)
+        return np.clip(scaled, 0.0, 1.0, out=scaled)
 
     def describe(self) -> str:
         """E.g. ``-25..175 HU (--window-ct subdural)``."""

@@ -12,7 +12,10 @@ Per fuser and batch size, one row (measured with ``bench.measure``):
   example pairs, already on the device, with the fuser's thread count, after untimed warm-up;
 - FLOPs and parameters per pair, and peak memory above what was in use before the inputs;
 - and one more row per fuser, ``<name>+io``, for the whole flow on the bundled SPECT-MRI pair:
-  read both PNGs, split colour, fuse, merge colour, write a PNG to a temporary folder.
+  read both PNGs, split colour, fuse, merge colour, write a PNG to a temporary folder;
+- with ``volume_slices``, a row ``<name>+volume`` for the whole volume flow: read a size×size×K
+  MRI and grayscale PET pair of ``.nii.gz`` files made from the example pairs, window, colour
+  map, fuse slice by slice, write the fused ``.nii.gz`` (``medfuse fuse t1.nii.gz pet.nii.gz``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from medfuse_cli.errors import CheckpointError, InputError, MedfuseError
 from medfuse_cli.fusers import get_fuser_spec
 from medfuse_cli.fusers.registry import FUNCTIONAL
 from medfuse_cli.pipeline import Fusion, load_pair, write_fused
+from medfuse_cli.volume_fusion import VolumeOptions, fuse_volumes
+from medfuse_cli.volumes import read_volume, write_nifti
 
 EXAMPLE_PAIRS = (
     ("SPECT-MRI", "SPECT", "10018"),
@@ -110,6 +115,7 @@ class BenchPlan:
         budget: warm-up, timed calls and time budget per row.
         threads: torch CPU threads for every fuser; None: each fuser's ``spec.cpu_threads``.
         checkpoint, weights: as ``medfuse fuse`` takes them, for the plan's one network.
+        volume_slices: slices of the volume-flow row (0: no such row).
     """
 
     models: tuple[str, ...]
@@ -120,6 +126,7 @@ class BenchPlan:
     threads: int | None = None
     checkpoint: str | None = None
     weights: Path | None = None
+    volume_slices: int = 0
 
 
 def examples_dir() -> Path:
@@ -291,6 +298,37 @@ def bench_flow(fusion: Fusion, scratch: Path, budget: TimingBudget) -> BenchRow:
     return _row(fusion, f"{fusion.spec.name}+io", 1, shape, times, peak.mb)
 
 
+def bench_volume(fusion: Fusion, scratch: Path, size: int, slices: int, budget: TimingBudget) -> BenchRow:
+    """Time read -> window -> colour map -> fuse -> write of a size×size×``slices`` NIfTI pair.
+
+    The volumes are the example pairs' Y planes cycled along the slice axis: the MRI as int16
+    arbitrary units (Y × 1000), the PET as float32 (Y × 10, an SUV-like range), 1 mm voxels.
+    The fused volume goes to ``scratch`` as ``.nii.gz``; slices are fused 16 per call.
+
+    Returns:
+        the ``<name>+volume`` row: ``batch`` is the number of slices, ``pairs_per_s`` slices per second.
+    """
+    import nibabel
+
+    anatomical, functional = example_planes(size, slices)
+    mri_path, pet_path, output = scratch / "t1.nii.gz", scratch / "pet.nii.gz", scratch / "fused.nii.gz"
+    nibabel.save(
+        nibabel.Nifti1Image(np.moveaxis(anatomical[:, 0] * 1000, 0, -1).astype(np.int16), np.eye(4)), mri_path
+    )
+    nibabel.save(
+        nibabel.Nifti1Image(np.moveaxis(functional[:, 0] * 10, 0, -1).astype(np.float32), np.eye(4)), pet_path
+    )
+
+    def flow() -> None:
+        mri, pet = read_volume(mri_path), read_volume(pet_path)
+        fused = fuse_volumes(fusion, mri, pet, VolumeOptions(kind="pet"))
+        write_nifti(output, fused.voxels, mri, fused.header_description(fusion.spec.name), overwrite=True)
+
+    with peak_memory(fusion.device) as peak:
+        times = time_calls(flow, torch.device("cpu"), budget)
+    return _row(fusion, f"{fusion.spec.name}+volume", slices, (size, size), times, peak.mb)
+
+
 def run_benchmark(plan: BenchPlan, on_row: Callable[[str], None] = lambda _: None) -> list[BenchRow]:
     """Every fuser of the plan at every batch size, then its whole-flow row.
 
@@ -299,7 +337,8 @@ def run_benchmark(plan: BenchPlan, on_row: Callable[[str], None] = lambda _: Non
         on_row: called with a row's label (``"lwnet batch 16"``, ``"lwnet+io"``) as it starts.
 
     Returns:
-        the rows, per fuser: one per batch size, then ``<name>+io``.
+        the rows, per fuser: one per batch size, then ``<name>+io``, then ``<name>+volume``
+        when ``plan.volume_slices`` is set.
 
     Raises:
         InputError, CheckpointError: as ``build_fusion``, or ``checkpoint``/``weights`` with
@@ -314,4 +353,7 @@ def run_benchmark(plan: BenchPlan, on_row: Callable[[str], None] = lambda _: Non
                 rows.append(bench_fuser(fusion, plan.size, batch, plan.budget))
             on_row(f"{fusion.spec.name}+io")
             rows.append(bench_flow(fusion, Path(scratch), plan.budget))
+            if plan.volume_slices:
+                on_row(f"{fusion.spec.name}+volume")
+                rows.append(bench_volume(fusion, Path(scratch), plan.size, plan.volume_slices, plan.budget))
     return rows

@@ -48,6 +48,12 @@ def benchmark(
     max_seconds: float = typer.Option(
         30.0, "--max-seconds", min=0.0, help="Time budget per row: stop repeating after it (min. 2 calls)."
     ),
+    volume_slices: int = typer.Option(
+        0,
+        "--volume-slices",
+        min=0,
+        help="Also time the whole volume flow (read two .nii.gz, window, fuse, write) on --size² × N slices; 0: off.",
+    ),
     threads: int | None = options.THREADS,
     checkpoint: str | None = options.CHECKPOINT,
     weights: Path | None = options.WEIGHTS,
@@ -79,9 +85,10 @@ def benchmark(
         threads=threads,
         checkpoint=checkpoint,
         weights=weights,
+        volume_slices=volume_slices,
     )
     with options.progress_bar("timing {task.description}", quiet, eta=False) as progress:
-        task = progress.add_task("", total=len(plan.models) * (len(plan.batches) + 1))
+        task = progress.add_task("", total=len(plan.models) * (len(plan.batches) + 1 + bool(volume_slices)))
         started = [0]
 
         def starting(row: str) -> None:
@@ -108,7 +115,8 @@ def _table(rows: list[BenchRow], device: torch.device) -> Table:
         title=f"medfuse benchmark on {device}",
         caption=(
             "ms: median and p90 per call of n timed calls; threads: torch CPU threads of the row; "
-            "+io: read, colour, fuse and write the example PNG pair; * random weights, timed for "
+            "+io: read, colour, fuse and write the example PNG pair; +volume: the same for a NIfTI pair of "
+            "'batch' slices; * random weights, timed for "
             "speed only"
         ),
         box=box.SIMPLE_HEAD,
