@@ -1,11 +1,13 @@
 """The one fusion flow: files -> Y (+ CbCr) -> fuser -> fused Y + CbCr -> files.
 
 ``load_pair`` reads a pair and decides, from the data, how to read its second image (colour or
-gray; ``ColourReading`` says what was decided and why); ``Fusion`` holds one named fuser with its
-checkpoints, device and thread count, and fuses batches of same-sized pairs; ``compose`` puts the
-functional image's chroma back. ``fuse_folders`` runs the flow over many pairs with decoding and
-encoding overlapped on worker threads. Every command (fuse, evaluate, benchmark, train's label
-fusers) goes through ``Fusion``.
+gray; ``ColourReading`` says what was decided and why) and how its stored values become [0, 1]
+(a ``windows.Window`` per grayscale image, a colour map for a grayscale PET/SPECT; ``Levels``
+says what was decided and why, ``ImageOptions`` carries the user's overrides); ``Fusion`` holds
+one named fuser with its checkpoints, device and thread count, and fuses batches of same-sized
+pairs; ``compose`` puts the functional image's chroma back. ``fuse_folders`` runs the flow over
+many pairs with decoding and encoding overlapped on worker threads. Every command (fuse,
+evaluate, benchmark, train's label fusers) goes through ``Fusion``.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from PIL import Image
 from torch import nn
 
 from medfuse_cli.color import chroma_offsets, merge_luma, split_luma
+from medfuse_cli.colormaps import DEFAULT_COLORMAP, apply_colormap, check_colormap
 from medfuse_cli.devices import resolve_device
 from medfuse_cli.errors import InputError, MedfuseError
 from medfuse_cli.fusers import check_weights_choice, get_fuser_spec, load_weights
 from medfuse_cli.fusers.registry import CT, FUNCTIONAL
 from medfuse_cli.io import DEFAULT_MAX_PIXELS, LoadedImage, read_image, write_png
 from medfuse_cli.runtime import keep_heap_memory
+from medfuse_cli.volume_fusion import SECOND_KINDS
+from medfuse_cli.windows import CT_PRESETS, Window, parse_range
 
 CHROMA_MODES = ("auto", "keep", "drop")
 # What to do with an output file that exists: replace it (--overwrite), refuse it (that pair
@@ -40,6 +45,10 @@ CHROMA_LEVELS = 2.0
 # atlas: every pseudo-colour SPECT/PET slice has 8 % or more, every CT 0 %; a burned-in coloured
 # orientation letter or a one-level slip in one channel stays far below 2 %.
 COLOUR_SHARE = 0.02
+# The units of a 2-D image's windows: the integers stored in the file (no rescale, no HU).
+STORED_VALUES = "stored values"
+# The window rules that are the plain full range of a file (not mentioned in summary lines).
+_PLAIN_RULES = ("auto: 8-bit range", "auto: 16-bit range", "auto: 8-bit range (Y of an RGB file)")
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,154 @@ class ColourReading:
 
 
 @dataclass(frozen=True)
+class ImageOptions:
+    """What the user chose for a 2-D pair's levels and kind (None everywhere: automatic).
+
+    Attributes:
+        kind: ``pet``, ``spect`` or ``ct`` (``--kind``): a gray PET/SPECT is coloured with
+            ``colormap`` (default ``hot``); a CT must be gray.
+        window_mri, window_functional, window_ct: ``LO,HI`` in the image's stored values
+            (``--window-*``); a CT preset name is refused (a 2-D image carries no Hounsfield units).
+        colormap: a matplotlib colour map that turns a gray second image into a PET/SPECT.
+    """
+
+    kind: str | None = None
+    window_mri: str | None = None
+    window_functional: str | None = None
+    window_ct: str | None = None
+    colormap: str | None = None
+
+
+def check_image_options(options: ImageOptions) -> ImageOptions:
+    """``options`` if every value can apply to some 2-D pair; else one ``InputError``.
+
+    Checks what needs no image: ``kind`` is pet, spect or ct; windows are ``LO,HI``; no CT
+    preset; the colour map exists (matplotlib); no ``--colormap`` with ``--kind ct``.
+
+    Raises:
+        InputError: the first value that fails, named by its option.
+    """
+    if options.kind is not None and options.kind not in SECOND_KINDS:
+        raise InputError(f"--kind takes {', '.join(SECOND_KINDS)}, got '{options.kind}'")
+    if options.kind == "ct" and options.colormap is not None:
+        raise InputError("--colormap applies to PET/SPECT; a CT pair is fused in gray")
+    if options.window_ct in CT_PRESETS:
+        raise InputError(
+            f"--window-ct {options.window_ct} is in Hounsfield units, which a 2-D image (PNG, TIFF) does not "
+            "carry; pass --window-ct LO,HI in its stored values"
+        )
+    for option, text in (
+        ("--window-mri", options.window_mri),
+        ("--window-functional", options.window_functional),
+        ("--window-ct", options.window_ct),
+    ):
+        if text is not None:
+            parse_range(text, option)
+    if options.colormap is not None:
+        check_colormap(options.colormap)
+    return options
+
+
+@dataclass(frozen=True)
+class Levels:
+    """How a pair's stored values became [0, 1] and what its second image was taken to be.
+
+    Attributes:
+        mri_window: the MRI's window, in stored values (``STORED_VALUES``).
+        second_window: the second image's window in stored values; None when it was read as
+            colour from an RGB file (its pixels are used as they are).
+        colormap: the colour map that turned a gray second image into a PET/SPECT, or None.
+        kind_given: the ``--kind`` value, or None.
+        kind_from: how the kind was decided: ``--kind pet``, ``--colormap hot``, or
+            ``read as gray (auto)`` (the colour reading, see ``ColourReading``).
+        is_ct: True when the second image is fused as a CT (gray, ``lwnet.ct``).
+    """
+
+    mri_window: Window
+    second_window: Window | None
+    colormap: str | None
+    kind_given: str | None
+    kind_from: str
+    is_ct: bool
+
+    @property
+    def plain_windows(self) -> bool:
+        """True when every window is its file's plain full range (``is_plain_window``)."""
+        return all(w is None or is_plain_window(w) for w in (self.mri_window, self.second_window))
+
+    @property
+    def second_label(self) -> str:
+        """``CT``, ``PET``, ``SPECT`` (from ``--kind``) or ``PET/SPECT``: how messages name it."""
+        if self.kind_given is not None:
+            return self.kind_given.upper()
+        return "CT" if self.is_ct else "PET/SPECT"
+
+    def describe(self) -> list[str]:
+        """The summary line's parts: the kind and how it was decided, every window that is not
+        the plain full range of its file, and the colour map, e.g. ``CT window 0..4095 stored
+        values (auto: 12-bit values in a 16-bit file)``."""
+        # a kind read from the image's colour needs no reason here: the reading is said before it
+        auto = self.kind_from.startswith("read as ")
+        parts = [self.second_label if auto else f"{self.second_label} ({self.kind_from})"]
+        if not is_plain_window(self.mri_window):
+            parts.append(f"MRI window {self.mri_window.describe()}")
+        if self.second_window is not None and not is_plain_window(self.second_window):
+            parts.append(f"{self.second_label} window {self.second_window.describe()}")
+        if self.colormap is not None:
+            parts.append(f"colour map {self.colormap}")
+        return parts
+
+    def to_json(self) -> dict:
+        """``windows``, ``colormap``, ``kind`` (``functional``/``ct``), ``kind_given``, ``kind_from``."""
+        return {
+            "windows": {
+                "mri": self.mri_window.to_json(),
+                "second": None if self.second_window is None else self.second_window.to_json(),
+            },
+            "colormap": self.colormap,
+            "kind": CT if self.is_ct else FUNCTIONAL,
+            "kind_given": self.kind_given,
+            "kind_from": self.kind_from,
+        }
+
+
+def is_plain_window(window: Window) -> bool:
+    """True for the automatic full range of an 8-bit or 16-bit file (nothing worth saying)."""
+    return window.rule in _PLAIN_RULES
+
+
+def stored_window(image: LoadedImage, given: str | None, option: str) -> Window:
+    """The window of a grayscale image, in its stored values (``STORED_VALUES``).
+
+    Automatic: 0..255 for an 8-bit file; for a 16-bit file 0..2**b - 1, where b = max(8, bits
+    its largest stored value needs), so 12-bit values in a 16-bit PNG (DICOM exports, 0..4095)
+    fill [0, 1] instead of its bottom 6 %.
+
+    Args:
+        image: an (H, W) grayscale image as ``read_image`` returns it.
+        given: ``LO,HI`` in stored values (``option``'s text), or None for the automatic rule.
+        option: the option ``given`` came from, for its rule and messages.
+
+    Raises:
+        InputError: a malformed ``given``.
+    """
+    if given is not None:
+        return Window(*parse_range(given, option), STORED_VALUES, option)
+    if image.bit_depth == 8:
+        return Window(0.0, 255.0, STORED_VALUES, "auto: 8-bit range")
+    bits = max(8, int(stored_values(image).max()).bit_length())
+    if bits >= 16:
+        return Window(0.0, 65535.0, STORED_VALUES, "auto: 16-bit range")
+    return Window(0.0, float(2**bits - 1), STORED_VALUES, f"auto: {bits}-bit values in a 16-bit file")
+
+
+def stored_values(image: LoadedImage) -> np.ndarray:
+    """The integers the file stores: ``pixels`` × 255 or × 65535, rounded (float64, same shape)."""
+    top = 255.0 if image.bit_depth == 8 else 65535.0
+    return np.rint(image.pixels.astype(np.float64) * top)
+
+
+@dataclass(frozen=True)
 class Pair:
     """An MRI and a functional (or CT) image, as Y planes plus the functional chroma.
 
@@ -87,8 +244,10 @@ class Pair:
         anatomical_y, functional_y: float32 (H, W) in [0, 1].
         chroma: float32 (H, W, 2) Cb/Cr in [0, 1] of the second image, None when read as gray.
         bit_depth: 8 or 16, the depth the fused PNG is written with.
-        second: how the second image's colour was read.
+        second: how the second image's colour was read (of the file, before any colour map).
         mri_coloured_share: share of coloured pixels in the MRI (their colour is not used).
+        levels: the windows, colour map and kind decided for the pair (``load_pair`` sets it;
+            None for pairs built by hand).
     """
 
     name: str
@@ -98,6 +257,7 @@ class Pair:
     bit_depth: int
     second: ColourReading
     mri_coloured_share: float = 0.0
+    levels: Levels | None = None
 
     @property
     def is_color(self) -> bool:
@@ -106,7 +266,8 @@ class Pair:
 
     @property
     def kind(self) -> str:
-        """``"functional"`` (colour second image) or ``"ct"``: which checkpoint it gets."""
+        """``"functional"`` (colour second image, or a gray one given a colour map) or ``"ct"``:
+        which checkpoint it gets."""
         return FUNCTIONAL if self.is_color else CT
 
 
@@ -144,20 +305,39 @@ def load_pair(
     resize: bool = False,
     chroma: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    options: ImageOptions = ImageOptions(),
 ) -> Pair:
-    """Read both images and check they can be fused.
+    """Read both images, window them into [0, 1], and check they can be fused.
+
+    Every grayscale image gets a ``windows.Window`` in its stored values (``stored_window``;
+    ``options`` overrides it per image). The second image is a PET/SPECT (functional pair: its
+    Y is fused, its Cb/Cr carried) when it is read as colour, or when it is gray and
+    ``options`` gives a colour map or ``kind`` pet/spect (colour map ``hot`` unless another is
+    given: applied after its window); otherwise a CT (gray output). ``Pair.levels`` says what
+    was decided and why.
 
     Args:
         name: the pair's name, for messages and outputs.
         mri_path, functional_path: image files (PNG, JPEG, TIFF; 8/16-bit gray or 8-bit RGB).
-        resize: fit the second image to the MRI's size (bicubic, in float) instead of refusing.
+        resize: fit the second image to the MRI's size (bicubic, in float, after its window)
+            instead of refusing.
         chroma: how to read the second image's colour: ``auto``, ``keep`` or ``drop``.
         max_pixels: the decompression-bomb limit of each image (``--max-pixels``).
+        options: kind, windows and colour map (``ImageOptions``; the default: all automatic).
+
+    Returns:
+        The ``Pair``: Y planes float32 (H, W) in [0, 1] at the MRI's size, chroma float32
+        (H, W, 2) in [0, 1] or None, bit depth 16 only for a gray output of two 16-bit inputs.
 
     Raises:
-        InputError: a colour MRI, sizes that differ without ``resize``, or what ``read_image``
-            refuses.
+        InputError: a colour MRI, sizes that differ without ``resize``, what ``read_image``
+            refuses, and options that do not fit the pair: a window for an RGB image, a window
+            for the other kind (``--window-ct`` for a PET/SPECT, ``--window-functional`` for a
+            CT), ``--kind ct`` for a second image read as colour, ``--colormap`` for one that is
+            already colour, and what ``check_image_options`` refuses.
     """
+    check_image_options(options)
     mri = read_image(mri_path, max_pixels=max_pixels)
     functional = read_image(functional_path, max_pixels=max_pixels)
     mri_reading = read_colour(mri.pixels)
@@ -172,16 +352,97 @@ def load_pair(
                 f"sizes differ: {mri_path} is {mri.size[0]}x{mri.size[1]}, {functional_path} is "
                 f"{functional.size[0]}x{functional.size[1]} (register them, or pass --resize)"
             )
-        functional = _resized(functional, mri.size)
+        if functional.is_color:  # a gray image is resized after its window, in [0, 1]
+            functional = _resized(functional, mri.size)
+    mri_window, anatomical_y = _windowed_y(mri, options.window_mri, "--window-mri")
     reading = read_colour(functional.pixels, chroma)
-    functional_y, cbcr = split_luma(functional.pixels)
-    if reading.is_color and cbcr is None:  # --chroma keep on a gray image: neutral chroma
-        cbcr = np.full((*functional_y.shape, 2), 0.5, np.float32)
-    if not reading.is_color:
-        cbcr = None
-    anatomical_y, _ = split_luma(mri.pixels)
+    colormap, kind_from = _second_kind(functional_path, reading, options)
+    is_ct = not reading.is_color and colormap is None
+    option = "--window-ct" if is_ct else "--window-functional"
+    given = _second_window_text(functional, options, is_ct, kind_from)
+    second_window, functional_y = _windowed_y(functional, given, option)
+    if functional_y.shape != anatomical_y.shape:  # a gray image, resized after its window
+        functional_y = _resized_plane(functional_y, mri.size)
+    cbcr = None
+    if reading.is_color:
+        _, cbcr = split_luma(functional.pixels)
+        if cbcr is None:  # --chroma keep on a gray image: neutral chroma (its window stays)
+            cbcr = np.full((*functional_y.shape, 2), 0.5, np.float32)
+        else:  # an RGB file read as colour: its pixels as they are, no window
+            second_window = None
+    if colormap is not None:
+        functional_y, cbcr = split_luma(apply_colormap(functional_y, colormap))
+    levels = Levels(mri_window, second_window, colormap, options.kind, kind_from, is_ct)
     bit_depth = 16 if mri.bit_depth == 16 and functional.bit_depth == 16 and cbcr is None else 8
-    return Pair(name, anatomical_y, functional_y, cbcr, bit_depth, reading, mri_reading.coloured_share)
+    return Pair(
+        name, anatomical_y, functional_y, cbcr, bit_depth, reading, mri_reading.coloured_share, levels
+    )
+
+
+def _second_kind(path: Path, reading: ColourReading, options: ImageOptions) -> tuple[str | None, str]:
+    """The colour map a gray second image gets (None: it stays gray, a CT, or it is colour
+    already), and how its kind was decided; refuses options that contradict its reading."""
+    kind = options.kind
+    if reading.is_color:
+        if kind == "ct":
+            raise InputError(
+                f"--kind ct, but {path} is read as {reading.describe()}; a CT is gray "
+                "(pass --chroma drop to read its Y)"
+            )
+        if options.colormap is not None:
+            if reading.decided_by != "auto":
+                raise InputError(
+                    f"--colormap colours a gray image, and {reading.decided_by} reads {path} as colour"
+                )
+            raise InputError(
+                f"--colormap applies to a gray image, and {path} is already coloured "
+                f"({100 * reading.coloured_share:.3g} % coloured pixels)"
+            )
+        return None, f"--kind {kind}" if kind else f"read as colour ({reading.decided_by})"
+    if options.colormap is not None or kind in ("pet", "spect"):
+        colormap = options.colormap or DEFAULT_COLORMAP
+        return colormap, f"--kind {kind}" if kind else f"--colormap {colormap}"
+    return None, f"--kind {kind}" if kind else f"read as gray ({reading.decided_by})"
+
+
+def _second_window_text(image: LoadedImage, options: ImageOptions, is_ct: bool, kind_from: str) -> str | None:
+    """The window option's text that applies to the second image (``--window-ct`` for a CT,
+    ``--window-functional`` for a PET/SPECT); refuses the other one, and either for an RGB file."""
+    given = {"--window-functional": options.window_functional, "--window-ct": options.window_ct}
+    for option, text in given.items():
+        if text is not None and image.is_color:
+            raise InputError(
+                f"{option} applies to grayscale images, and {image.path} is an RGB (colour) image"
+            )
+    option, other = (
+        ("--window-ct", "--window-functional") if is_ct else ("--window-functional", "--window-ct")
+    )
+    if given[other] is not None:
+        what = "a CT" if is_ct else "a PET/SPECT"
+        raise InputError(
+            f"{other} does not apply: {image.path} is fused as {what} ({kind_from}); pass {option}"
+        )
+    return given[option]
+
+
+def _windowed_y(image: LoadedImage, given: str | None, option: str) -> tuple[Window, np.ndarray]:
+    """An image's window and its Y in [0, 1] (float32 (H, W)): a gray image's stored values
+    through its window; an RGB image's Y as it is (no window can be given for it)."""
+    if image.is_color:
+        if given is not None:
+            raise InputError(
+                f"{option} applies to grayscale images, and {image.path} is an RGB (colour) image"
+            )
+        y, _ = split_luma(image.pixels)
+        return Window(0.0, 255.0, STORED_VALUES, "auto: 8-bit range (Y of an RGB file)"), y
+    window = stored_window(image, given, option)
+    return window, window.apply(stored_values(image))
+
+
+def _resized_plane(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A float32 (H, W) plane in [0, 1] resized to ``size`` (width, height): bicubic, clipped."""
+    resized = Image.fromarray(plane.astype(np.float32), mode="F").resize(size, Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(resized), 0.0, 1.0).astype(np.float32)
 
 
 def _resized(image: LoadedImage, size: tuple[int, int]) -> LoadedImage:
@@ -374,6 +635,7 @@ class PairOutcome:
         checkpoint: what it was fused with (see ``Fusion.checkpoint_for``).
         skipped: its output existed and was kept (``existing="skip"``); nothing was written.
         mri_coloured_share: share of the MRI's pixels that were coloured (their colour unused).
+        levels: its windows, colour map and kind (None when it could not be read).
     """
 
     name: str
@@ -383,11 +645,20 @@ class PairOutcome:
     checkpoint: str | None = None
     skipped: bool = False
     mri_coloured_share: float = 0.0
+    levels: Levels | None = None
 
     @classmethod
     def fused(cls, name: str, output: Path, pair: Pair, checkpoint: str | None) -> PairOutcome:
         """The outcome of a pair that was read and fused, with what was decided for it."""
-        return cls(name, output, None, pair.second, checkpoint, mri_coloured_share=pair.mri_coloured_share)
+        return cls(
+            name,
+            output,
+            None,
+            pair.second,
+            checkpoint,
+            mri_coloured_share=pair.mri_coloured_share,
+            levels=pair.levels,
+        )
 
     @property
     def written(self) -> bool:
@@ -395,7 +666,9 @@ class PairOutcome:
         return self.error is None and not self.skipped
 
     def to_json(self) -> dict:
-        """The pair's entry in ``medfuse fuse --json``: output, error, and what was decided."""
+        """The pair's entry in ``medfuse fuse --json``: output, error, and what was decided
+        (``second_image``, ``checkpoint``, and ``Levels.to_json``'s ``windows``, ``colormap``,
+        ``kind``, ``kind_given``, ``kind_from``)."""
         row: dict = {"pair": self.name, "output": str(self.output)}
         if self.error:
             row["error"] = self.error
@@ -404,6 +677,8 @@ class PairOutcome:
         if self.second is not None:
             row["second_image"] = self.second.to_json()
             row["checkpoint"] = self.checkpoint
+            if self.levels is not None:
+                row.update(self.levels.to_json())
         if self.mri_coloured_share:  # a few coloured marks in the MRI: only its Y was used
             row["mri_image"] = {"read_as": "gray", "coloured_share": round(self.mri_coloured_share, 6)}
         return row
@@ -419,6 +694,7 @@ def fuse_folders(
     chroma: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     existing: str = "replace",
+    image_options: ImageOptions = ImageOptions(),
 ) -> list[PairOutcome]:
     """Fuse every job; a pair that fails is reported, the others are written.
 
@@ -438,13 +714,17 @@ def fuse_folders(
         existing: what an output file that exists means (see ``write_outcome``): ``replace``
             it, ``refuse`` it (that pair fails), or ``skip`` the pair (checked before its work,
             and again when its file is published). One of ``EXISTING_OUTPUTS``.
+        image_options: kind, windows and colour map for every pair (as ``load_pair``'s
+            ``options``); a pair they do not fit fails with its one-line reason.
 
     Returns:
         Every job's outcome, in the order they were decided.
 
     Raises:
-        InputError: an unknown ``existing``.
+        InputError: an unknown ``existing``, or ``image_options`` that fit no pair
+            (``check_image_options``).
     """
+    check_image_options(image_options)
     if existing not in EXISTING_OUTPUTS:
         raise InputError(f"existing must be one of {', '.join(EXISTING_OUTPUTS)}, got '{existing}'")
     outcomes: list[PairOutcome] = []
@@ -462,7 +742,7 @@ def fuse_folders(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         writes: list[Future[PairOutcome]] = []
         for batch in _loaded_batches(
-            pool, remaining, batch_size, lambda job: _try_load(job, resize, chroma, max_pixels)
+            pool, remaining, batch_size, lambda job: _try_load(job, resize, chroma, max_pixels, image_options)
         ):
             good = [(job, pair) for job, pair in batch if isinstance(pair, Pair)]
             for job, failure in batch:
@@ -539,9 +819,11 @@ def _loaded_batches(
         yield current.result()
 
 
-def _try_load(job: PairJob, resize: bool, chroma: str, max_pixels: int) -> Pair | MedfuseError:
+def _try_load(
+    job: PairJob, resize: bool, chroma: str, max_pixels: int, image_options: ImageOptions
+) -> Pair | MedfuseError:
     try:
-        return load_pair(job.name, job.mri, job.functional, resize, chroma, max_pixels)
+        return load_pair(job.name, job.mri, job.functional, resize, chroma, max_pixels, options=image_options)
     except MedfuseError as exc:
         return exc
 

@@ -83,14 +83,15 @@ def is_volume_input(path: Path) -> bool:
     return is_nifti_path(path) or (path.is_dir() and is_dicom_folder(path))
 
 
-def read_volume(path: Path) -> Volume:
-    """Read a NIfTI-1/2 file or a DICOM series folder.
+def read_volume(path: Path | str) -> Volume:
+    """Read a NIfTI-1/2 file or a DICOM series folder (a path or its string).
 
     Raises:
         InputError: a missing or unreadable file, not 3-D (a 4-D file with more than one
             frame, an RGB NIfTI), NaN or infinite voxels, or what ``dicom.read_dicom_series``
             refuses.
     """
+    path = Path(path)
     if not path.exists():
         raise InputError(f"file not found: {path}")
     if path.is_dir():

@@ -16,7 +16,7 @@ from medfuse_cli.io import write_stdout
 from medfuse_cli.output_folders import create_folder, prepare_output_folder, remove_if_empty
 
 if TYPE_CHECKING:  # the flow (and torch) is imported when the command runs, not for --help
-    from medfuse_cli.pipeline import Fusion, PairOutcome
+    from medfuse_cli.pipeline import Fusion, ImageOptions, PairOutcome
     from medfuse_cli.volume_fusion import VolumeOptions
 
 _stderr = options.stderr
@@ -53,27 +53,27 @@ def fuse(
     kind: str | None = typer.Option(
         None,
         "--kind",
-        help="What the second input is: pet, spect or ct. Required for a NIfTI second volume (DICOM says it).",
+        help="What the second input is: pet, spect or ct. Required for a NIfTI second volume (DICOM says it); for a 2-D gray image, pet/spect colour it (--colormap).",
     ),
     window_mri: str | None = typer.Option(
         None,
         "--window-mri",
-        help="MRI window LO,HI in its units [default: 0.5-99.5th percentile of non-zero voxels].",
+        help="MRI window LO,HI in its units (2-D: stored values) [default: volumes 0.5-99.5th percentile of non-zero voxels; 2-D the file's bit range].",
     ),
     window_functional: str | None = typer.Option(
         None,
         "--window-functional",
-        help="PET/SPECT window LO,HI in its units, e.g. SUV 0,8 [default: 0 to the 99.9th percentile of non-zero voxels].",
+        help="PET/SPECT window LO,HI in its units, e.g. SUV 0,8 (2-D gray: stored values) [default: volumes 0 to the 99.9th percentile of non-zero voxels; 2-D the file's bit range].",
     ),
     window_ct: str | None = typer.Option(
         None,
         "--window-ct",
-        help="CT window: brain, subdural, soft, bone, or LO,HI in HU [default: subdural, level 75 width 200].",
+        help="CT window: brain, subdural, soft, bone, or LO,HI in HU (2-D: LO,HI in stored values only) [default: volumes subdural, level 75 width 200; 2-D the file's bit range].",
     ),
     colormap: str | None = typer.Option(
         None,
         "--colormap",
-        help="Colour map for a grayscale PET/SPECT (matplotlib's: hot, jet, viridis, ...) [default: hot].",
+        help="Colour map for a grayscale PET/SPECT, volume or 2-D (matplotlib's: hot, jet, viridis, ...) [default: hot for PET/SPECT volumes and --kind pet|spect].",
     ),
     resample: bool = typer.Option(
         False,
@@ -133,11 +133,17 @@ def fuse(
         return
     if slices is not None or preview is not None or resample:
         raise InputError("--slices, --preview and --resample apply to volumes (NIfTI or DICOM series)")
+    from medfuse_cli.pipeline import ImageOptions, check_image_options
+
+    # 2-D images: windows in stored values, a colour map for a gray PET/SPECT (checked before any work)
+    image_options = check_image_options(
+        ImageOptions(kind, window_mri, window_functional, window_ct, colormap)
+    )
+    reading = {"resize": resize, "chroma": chroma, "max_pixels": max_pixels, "image_options": image_options}
     if mri.is_dir() or functional.is_dir():
-        reading = {"resize": resize, "chroma": chroma, "max_pixels": max_pixels}
         outcomes = _fuse_folders(fusion, mri, functional, Path(output), batch_size, reading, existing, quiet)
     else:
-        outcomes = [_fuse_one(fusion, mri, functional, output, resize, chroma, max_pixels, existing)]
+        outcomes = [_fuse_one(fusion, mri, functional, output, existing=existing, **reading)]
     failed = [o for o in outcomes if o.error]
     seconds = time.perf_counter() - started
     if as_json:
@@ -187,6 +193,8 @@ def _summary_line(fusion: Fusion, outcomes: list[PairOutcome], seconds: float) -
     if len(written) == 1 and written[0].second is not None:
         only = written[0]
         line += f" (second image {only.second.describe()}"
+        if only.levels is not None:
+            line += ": " + ", ".join(only.levels.describe())
         if only.checkpoint:
             line += f", checkpoint {only.checkpoint}"
         line += ")"
@@ -194,6 +202,13 @@ def _summary_line(fusion: Fusion, outcomes: list[PairOutcome], seconds: float) -
         readings = Counter("colour" if o.second.is_color else "gray" for o in written if o.second)
         checkpoints = Counter(o.checkpoint for o in written if o.checkpoint)
         line += " (second images " + ", ".join(f"{n} {what}" for what, n in sorted(readings.items()))
+        levels = [o.levels for o in written if o.levels is not None]
+        colormaps = Counter(level.colormap for level in levels if level.colormap)
+        if colormaps:
+            line += "; colour map " + ", ".join(f"{name} ×{n}" for name, n in sorted(colormaps.items()))
+        windowed = sum(not level.plain_windows for level in levels)
+        if windowed:
+            line += f"; {windowed} with windows other than their files' full range (see --json)"
         if checkpoints:
             line += "; checkpoints " + ", ".join(f"{name} ×{n}" for name, n in sorted(checkpoints.items()))
         line += ")"
@@ -221,6 +236,7 @@ def _fuse_one(
     chroma: str,
     max_pixels: int,
     existing: str,
+    image_options: ImageOptions,
 ) -> PairOutcome:
     from medfuse_cli.pipeline import PairOutcome, load_pair, output_exists_message, write_fused, write_outcome
 
@@ -232,7 +248,7 @@ def _fuse_one(
                 return PairOutcome(mri.stem, path, skipped=True)
             raise OutputError(output_exists_message(path))
         prepare_output_folder(path.parent)
-    pair = load_pair(mri.stem, mri, functional, resize, chroma, max_pixels)
+    pair = load_pair(mri.stem, mri, functional, resize, chroma, max_pixels, options=image_options)
     fused = fusion.fuse_y(pair.anatomical_y, pair.functional_y, pair.kind)
     done = PairOutcome.fused(pair.name, Path(output), pair, fusion.checkpoint_for(pair.kind))
     if output == "-":
