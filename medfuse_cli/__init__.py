@@ -6,6 +6,8 @@ light):
 - ``create_fuser(name, checkpoint=None, weights=None, device="cpu", pretrained=True)`` and
   ``list_fusers()``: the model zoo (``medfuse_cli.fusers``);
 - ``Fusion``: a fuser with per-pair checkpoint choice, device and threads (``medfuse_cli.pipeline``);
+- ``fuse(mri, functional, model="lwnet", ...)``: a 2-D pair (arrays or paths) fused into the
+  array ``medfuse fuse`` would write (``medfuse_cli.api``);
 - ``fuse_volume(mri, second, affine, kind, ...)``: two co-registered volumes (arrays) fused slice
   by slice, as ``medfuse fuse`` does for NIfTI/DICOM (``medfuse_cli.api``);
 - ``read_volume(path)``: a NIfTI file or DICOM series folder as voxels + affine (``medfuse_cli.volumes``);
@@ -23,6 +25,7 @@ _LAZY = {
     "create_fuser": "medfuse_cli.fusers",
     "list_fusers": "medfuse_cli.fusers",
     "Fusion": "medfuse_cli.pipeline",
+    "fuse": "medfuse_cli.api",
     "fuse_volume": "medfuse_cli.api",
     "read_volume": "medfuse_cli.volumes",
     "metrics": "medfuse_cli.metrics",
@@ -37,4 +40,13 @@ def __getattr__(name: str) -> Any:
     return module if name == "metrics" else getattr(module, name)
 
 
-__all__ = ["Fusion", "__version__", "create_fuser", "fuse_volume", "list_fusers", "metrics", "read_volume"]
+__all__ = [
+    "Fusion",
+    "__version__",
+    "create_fuser",
+    "fuse",
+    "fuse_volume",
+    "list_fusers",
+    "metrics",
+    "read_volume",
+]

@@ -1,7 +1,8 @@
-"""The Python door for volumes: arrays and an affine in, the fused array out.
+"""The Python doors: arrays (or files) in, the fused array out.
 
-``fuse_volume`` is what ``medfuse fuse t1.nii.gz pet.nii.gz -o fused.nii.gz`` does between
-reading and writing, for arrays a notebook already holds (from nibabel, SimpleITK, ...).
+``fuse`` is what ``medfuse fuse mri.png pet.png -o fused.png`` does before encoding, and
+``fuse_volume`` what ``medfuse fuse t1.nii.gz pet.nii.gz -o fused.nii.gz`` does between reading
+and writing, for arrays a notebook already holds (from Pillow, nibabel, SimpleITK, ...).
 """
 
 from __future__ import annotations
@@ -11,8 +12,84 @@ from pathlib import Path
 import numpy as np
 
 from medfuse_cli.errors import InputError
+from medfuse_cli.io import LoadedImage, read_image
 from medfuse_cli.volume_fusion import VolumeOptions, fuse_volumes
 from medfuse_cli.volumes import Volume
+
+ImageLike = np.ndarray | str | Path
+
+
+def fuse(
+    mri: ImageLike,
+    functional: ImageLike,
+    model: str = "lwnet",
+    *,
+    checkpoint: str | None = None,
+    weights: Path | None = None,
+    device: str = "auto",
+    kind: str | None = None,
+    window_mri: str | None = None,
+    window_functional: str | None = None,
+    window_ct: str | None = None,
+    colormap: str | None = None,
+    chroma: str = "auto",
+    resize: bool = False,
+) -> np.ndarray:
+    """Fuse a 2-D MRI with a SPECT, PET or CT image, as ``medfuse fuse`` does.
+
+    Args:
+        mri: a grayscale image: (H, W) array (uint8, uint16, or float in [0, 1]), or a path.
+        functional: the second image: (H, W) or (H, W, 3) array (uint8, uint16 gray, float in
+            [0, 1]) or a path; colour is read as in the CLI (``--chroma``).
+        model, checkpoint, weights, device: the fuser, as the CLI's options.
+        kind, window_mri, window_functional, window_ct, colormap, chroma, resize: as the CLI's
+            options (windows as ``"LO,HI"`` strings in stored values; for a float array, in
+            its own [0, 1] values).
+
+    Returns:
+        float32 in [0, 1]: (H, W, 3) RGB for a colour (or coloured) second image, (H, W) gray
+        for a CT: the image ``medfuse fuse`` encodes as PNG, before rounding.
+
+    Raises:
+        InputError: an array of another dtype, shape or range (float outside [0, 1], NaN), a
+            16-bit colour array, a colour MRI, sizes that differ without ``resize``, and what
+            the options and the fuser refuse.
+        CheckpointError, DeviceError: as ``medfuse_cli.pipeline.Fusion``.
+    """
+    from medfuse_cli.pipeline import Fusion, ImageOptions, compose, pair_from_images
+
+    options = ImageOptions(kind, window_mri, window_functional, window_ct, colormap)
+    first, second = _image(mri, "mri"), _image(functional, "functional")
+    pair = pair_from_images("pair", first, second, resize, chroma, options)
+    fusion = Fusion(model, device, checkpoint, weights)
+    return compose(pair, fusion.fuse_y(pair.anatomical_y, pair.functional_y, pair.kind))
+
+
+def _image(image: ImageLike, name: str) -> LoadedImage:
+    """A path read as the CLI reads files, or an array taken as its dtype says (see ``fuse``)."""
+    from medfuse_cli.pipeline import FLOAT_DEPTH
+
+    if isinstance(image, str | Path):
+        return read_image(Path(image))
+    array = np.asarray(image)
+    where = Path(f"<{name} array>")
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
+        raise InputError(f"{name} must be (H, W) or (H, W, 3), got shape {array.shape}")
+    if array.dtype == np.uint8:
+        pixels, depth = array.astype(np.float32) / 255.0, 8
+    elif array.dtype == np.uint16 and array.ndim == 2:
+        pixels, depth = array.astype(np.float32) / 65535.0, 16
+    elif array.dtype in (np.float32, np.float64):
+        if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+            raise InputError(f"{name} is a float array: its values must be finite and in [0, 1]")
+        pixels, depth = array.astype(np.float32), FLOAT_DEPTH
+    else:
+        raise InputError(
+            f"{name} must be uint8, uint16 (gray) or float in [0, 1], got {array.dtype} of shape {array.shape}"
+        )
+    if pixels.ndim == 3 and (pixels == pixels[..., :1]).all():
+        pixels = pixels[..., 0]  # equal channels: gray, as for files
+    return LoadedImage(pixels, depth, where)
 
 
 def fuse_volume(

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeVar
 
 from medfuse_cli.errors import InputError
+
+T = TypeVar("T")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 ANATOMICAL = "MRI"
@@ -244,3 +246,22 @@ def _one_split(siblings: list[PairSet], split: Split) -> list[PairSet]:
 
 def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def select_part(items: list[T], num_parts: int, part_id: int) -> list[T]:
+    """Part ``part_id`` of ``num_parts`` of a sorted list: every ``num_parts``-th item from ``part_id``.
+
+    The partition nnU-Net's ``-num_parts``/``-part_id`` users know: deterministic for a given
+    sorted list, the parts disjoint and together the whole list, sizes within one of each other,
+    so N jobs of a SLURM array (or any job runner) cover a corpus exactly once.
+
+    Raises:
+        InputError: ``num_parts`` < 1, or ``part_id`` outside 0 .. ``num_parts`` - 1.
+    """
+    if num_parts < 1:
+        raise InputError(f"--num-parts must be at least 1, got {num_parts}")
+    if not 0 <= part_id < num_parts:
+        raise InputError(
+            f"--part-id must be in 0..{num_parts - 1} for --num-parts {num_parts}, got {part_id}"
+        )
+    return items[part_id::num_parts]

@@ -48,7 +48,15 @@ COLOUR_SHARE = 0.02
 # The units of a 2-D image's windows: the integers stored in the file (no rescale, no HU).
 STORED_VALUES = "stored values"
 # The window rules that are the plain full range of a file (not mentioned in summary lines).
-_PLAIN_RULES = ("auto: 8-bit range", "auto: 16-bit range", "auto: 8-bit range (Y of an RGB file)")
+# A float array handed to ``api.fuse`` (values in [0, 1], no file): ``LoadedImage.bit_depth``.
+FLOAT_DEPTH = 32
+PLAIN_FLOAT_RULE = "auto: float values in [0, 1] as given"
+_PLAIN_RULES = (
+    "auto: 8-bit range",
+    "auto: 16-bit range",
+    "auto: 8-bit range (Y of an RGB file)",
+    PLAIN_FLOAT_RULE,
+)
 
 
 @dataclass(frozen=True)
@@ -221,6 +229,8 @@ def stored_window(image: LoadedImage, given: str | None, option: str) -> Window:
     """
     if given is not None:
         return Window(*parse_range(given, option), STORED_VALUES, option)
+    if image.bit_depth == FLOAT_DEPTH:
+        return Window(0.0, 1.0, STORED_VALUES, PLAIN_FLOAT_RULE)
     if image.bit_depth == 8:
         return Window(0.0, 255.0, STORED_VALUES, "auto: 8-bit range")
     bits = max(8, int(stored_values(image).max()).bit_length())
@@ -230,7 +240,10 @@ def stored_window(image: LoadedImage, given: str | None, option: str) -> Window:
 
 
 def stored_values(image: LoadedImage) -> np.ndarray:
-    """The integers the file stores: ``pixels`` × 255 or × 65535, rounded (float64, same shape)."""
+    """The integers the file stores: ``pixels`` × 255 or × 65535, rounded (float64, same shape);
+    a float array's own values."""
+    if image.bit_depth == FLOAT_DEPTH:
+        return image.pixels.astype(np.float64)
     top = 255.0 if image.bit_depth == 8 else 65535.0
     return np.rint(image.pixels.astype(np.float64) * top)
 
@@ -340,23 +353,36 @@ def load_pair(
     check_image_options(options)
     mri = read_image(mri_path, max_pixels=max_pixels)
     functional = read_image(functional_path, max_pixels=max_pixels)
+    return pair_from_images(name, mri, functional, resize, chroma, options)
+
+
+def pair_from_images(
+    name: str,
+    mri: LoadedImage,
+    functional: LoadedImage,
+    resize: bool = False,
+    chroma: str = "auto",
+    options: ImageOptions = ImageOptions(),
+) -> Pair:
+    """``load_pair`` on images already decoded (files, or arrays: ``api.fuse``); same rules, same errors."""
+    check_image_options(options)
     mri_reading = read_colour(mri.pixels)
     if mri_reading.is_color:
         raise InputError(
-            f"{mri_path}: the MRI must be grayscale, but {100 * mri_reading.coloured_share:.3g} % of its "
+            f"{mri.path}: the MRI must be grayscale, but {100 * mri_reading.coloured_share:.3g} % of its "
             "pixels are coloured"
         )
     if mri.size != functional.size:
         if not resize:
             raise InputError(
-                f"sizes differ: {mri_path} is {mri.size[0]}x{mri.size[1]}, {functional_path} is "
+                f"sizes differ: {mri.path} is {mri.size[0]}x{mri.size[1]}, {functional.path} is "
                 f"{functional.size[0]}x{functional.size[1]} (register them, or pass --resize)"
             )
         if functional.is_color:  # a gray image is resized after its window, in [0, 1]
             functional = _resized(functional, mri.size)
     mri_window, anatomical_y = _windowed_y(mri, options.window_mri, "--window-mri")
     reading = read_colour(functional.pixels, chroma)
-    colormap, kind_from = _second_kind(functional_path, reading, options)
+    colormap, kind_from = _second_kind(functional.path, reading, options)
     is_ct = not reading.is_color and colormap is None
     option = "--window-ct" if is_ct else "--window-functional"
     given = _second_window_text(functional, options, is_ct, kind_from)

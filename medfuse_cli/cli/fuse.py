@@ -87,6 +87,8 @@ def fuse(
         None, "--preview", help="Volumes: also write a lightbox montage PNG."
     ),
     batch_size: int = options.BATCH_SIZE,
+    num_parts: int = options.NUM_PARTS,
+    part_id: int = options.PART_ID,
     quiet: bool = options.QUIET,
     as_json: bool = options.JSON,
 ) -> None:
@@ -103,6 +105,10 @@ def fuse(
     if overwrite and skip_existing:
         raise InputError("--overwrite replaces existing outputs and --skip-existing keeps them: pass one")
     existing = "replace" if overwrite else "skip" if skip_existing else "refuse"
+    from medfuse_cli.pairs import select_part
+
+    select_part([], num_parts, part_id)  # a part that does not exist fails before any work
+    sharded = num_parts > 1
     from medfuse_cli.pipeline import Fusion, check_chroma
     from medfuse_cli.volume_fusion import VolumeOptions
 
@@ -116,6 +122,10 @@ def fuse(
     from medfuse_cli.cli.volume import require_both_volumes
 
     volume_options = VolumeOptions(kind, window_mri, window_functional, window_ct, colormap, resample)
+    if sharded and not (mri.is_dir() and functional.is_dir() and not require_both_volumes(mri, functional)):
+        raise InputError(
+            "--num-parts and --part-id split a folder run of 2-D pairs; give two folders of images"
+        )
     if require_both_volumes(mri, functional):
         _fuse_volumes(
             fusion,
@@ -141,7 +151,9 @@ def fuse(
     )
     reading = {"resize": resize, "chroma": chroma, "max_pixels": max_pixels, "image_options": image_options}
     if mri.is_dir() or functional.is_dir():
-        outcomes = _fuse_folders(fusion, mri, functional, Path(output), batch_size, reading, existing, quiet)
+        outcomes = _fuse_folders(
+            fusion, mri, functional, Path(output), batch_size, reading, existing, quiet, (num_parts, part_id)
+        )
     else:
         outcomes = [_fuse_one(fusion, mri, functional, output, existing=existing, **reading)]
     failed = [o for o in outcomes if o.error]
@@ -155,9 +167,14 @@ def fuse(
             "pairs": [o.to_json() for o in outcomes],
             "seconds": round(seconds, 3),
         }
+        if sharded:
+            summary["part"] = {"id": part_id, "of": num_parts}
         write_stdout(f"{json.dumps(summary)}\n".encode())  # a full disk is one line, not a traceback
     elif not quiet and output != "-":
-        _stderr.print(_summary_line(fusion, outcomes, seconds), markup=False, soft_wrap=True)
+        line = _summary_line(fusion, outcomes, seconds)
+        _stderr.print(
+            f"part {part_id} of {num_parts}: {line}" if sharded else line, markup=False, soft_wrap=True
+        )
     if failed:
         raise typer.Exit(code=1)
 
@@ -269,8 +286,10 @@ def _fuse_folders(
     reading: dict,
     existing: str,
     quiet: bool,
+    part: tuple[int, int] = (1, 0),
 ) -> list[PairOutcome]:
-    from medfuse_cli.pairs import pair_folders
+    """Fuse part ``part`` = (num_parts, part_id) of the pairs of two folders into ``output_dir``."""
+    from medfuse_cli.pairs import pair_folders, select_part
     from medfuse_cli.pipeline import PairJob, fuse_folders
 
     if not (mri_dir.is_dir() and functional_dir.is_dir()):
@@ -281,7 +300,7 @@ def _fuse_folders(
         raise OutputError(f"output must be a folder for a folder run: {output_dir}")
     if output_dir.resolve() in (mri_dir.resolve(), functional_dir.resolve()):
         raise OutputError("the output folder must differ from both input folders")
-    pairs = pair_folders(mri_dir, functional_dir)
+    pairs = select_part(pair_folders(mri_dir, functional_dir), *part)
     jobs = [PairJob(name, a, b, output_dir / f"{name}.png") for name, a, b in pairs]
     present = [job.output.name for job in jobs if job.output.exists()]
     if present and existing == "refuse":

@@ -48,6 +48,13 @@ MAX_PIXELS = typer.Option(
     min=1,
     help="Refuse an image with more pixels (width x height) than this, read from its header before decoding: a guard against decompression bombs (Pillow's default limit, about 9459x9459). Raise it for large legitimate images.",
 )
+NUM_PARTS = typer.Option(
+    1,
+    "--num-parts",
+    min=1,
+    help="Split a folder run into N parts (every N-th pair of the sorted list), e.g. one per SLURM array task.",
+)
+PART_ID = typer.Option(0, "--part-id", min=0, help="Which part (0..N-1) of --num-parts this run fuses.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line.")
 JSON = typer.Option(False, "--json", help="Print a machine-readable JSON summary on stdout.")
 
