@@ -132,7 +132,8 @@ def fuse_volume(
         colour map, ``hot`` unless told), (I, J, K) gray for CT: what the CLI writes as uint8.
 
     Raises:
-        InputError: arrays that are not 3-D real and finite, an affine that is not 4x4, grids
+        InputError: arrays that are not 3-D real and finite, an affine that is not a finite
+            4x4 or is singular (``volumes.check_affine``), grids
             that differ without ``resample``, and what the windows, colour map and fuser refuse.
         CheckpointError, DeviceError: as ``medfuse_cli.pipeline.Fusion``.
     """
@@ -141,11 +142,9 @@ def fuse_volume(
     volumes = []
     for name, voxels, grid in (("mri", mri, affine), ("second", second, second_affine)):
         voxels = np.asarray(voxels)
-        grid = np.asarray(affine if grid is None else grid, np.float64)
+        grid = np.asarray(affine if grid is None else grid, np.float64)  # checked by Volume
         if voxels.ndim != 3 or not np.issubdtype(voxels.dtype, np.number) or np.iscomplexobj(voxels):
             raise InputError(f"{name} must be a 3-D real array, got {voxels.dtype} of shape {voxels.shape}")
-        if grid.shape != (4, 4) or not np.isfinite(grid).all():
-            raise InputError(f"the {name} affine must be a finite 4x4 array, got shape {grid.shape}")
         values = voxels.astype(np.float32)
         if not np.isfinite(values).all():
             raise InputError(f"{name} holds NaN or infinite values")

@@ -68,7 +68,10 @@ def colormap_luma(gray: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
 
     A colour map has N colours, so the YCbCr of its N entries (``color.rgb_to_ycbcr``) looked
     up per pixel is the same as converting the coloured image, at a fraction of the work and
-    memory: what makes a 180-slice volume cheap.
+    memory: what makes a 180-slice volume cheap. One difference: values in the map's first
+    entry (at or below the window's low end) carry neutral chroma, as the atlas's black
+    background does, so a map whose zero is coloured (``viridis``'s purple) does not tint the
+    whole MRI around the uptake.
 
     Returns:
         Y (``gray.shape``) and Cb/Cr (``gray.shape + (2,)``), float32 in [0, 1].
@@ -77,7 +80,9 @@ def colormap_luma(gray: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
 
     table = rgb_to_ycbcr(colormap_table(name))
     index = _table_index(gray, len(table))
-    return table[index, 0], table[index, 1:]
+    chroma = table[index, 1:]
+    chroma[index == 0] = 0.5  # no uptake, no colour: the MRI around it is not tinted
+    return table[index, 0], chroma
 
 
 def _table_index(gray: np.ndarray, entries: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 from medfuse_cli.color import chroma_offsets, merge_luma, split_luma
-from medfuse_cli.colormaps import DEFAULT_COLORMAP, apply_colormap, check_colormap
+from medfuse_cli.colormaps import DEFAULT_COLORMAP, check_colormap, colormap_luma
 from medfuse_cli.devices import resolve_device
 from medfuse_cli.errors import InputError, MedfuseError
 from medfuse_cli.fusers import check_weights_choice, get_fuser_spec, load_weights
@@ -397,7 +397,7 @@ def pair_from_images(
         else:  # an RGB file read as colour: its pixels as they are, no window
             second_window = None
     if colormap is not None:
-        functional_y, cbcr = split_luma(apply_colormap(functional_y, colormap))
+        functional_y, cbcr = colormap_luma(functional_y, colormap)
     levels = Levels(mri_window, second_window, colormap, options.kind, kind_from, is_ct)
     bit_depth = 16 if mri.bit_depth == 16 and functional.bit_depth == 16 and cbcr is None else 8
     return Pair(

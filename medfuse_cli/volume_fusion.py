@@ -11,7 +11,7 @@ return the fused voxels on the MRI's grid. Every decision is in the ``FusedVolum
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -125,8 +125,8 @@ def decide_kind(mri: Volume, second: Volume, given: str | None) -> tuple[str, st
     found = MODALITY_KINDS.get(second.modality)
     if found is None:
         raise InputError(
-            f"{second.source} is DICOM Modality {second.modality}; the second input must be PET (PT), "
-            "SPECT (NM) or CT"
+            f"{second.source} is DICOM Modality {second.modality or '(none given)'}; the second input must be "
+            "PET (PT), SPECT (NM) or CT"
         )
     if given is not None and given != found:
         raise InputError(
@@ -149,11 +149,13 @@ def choose_windows(mri: Volume, second: Volume, kind: str, options: VolumeOption
             raise InputError("--window-functional applies to PET/SPECT; for a CT pass --window-ct")
         window = ct_window(options.window_ct)
         lowest = float(second.voxels.min())
-        if "," not in (options.window_ct or "") and lowest > _AIR_HU_CEILING:
-            raise InputError(
-                f"{second.source}: its lowest value is {lowest:g}, not air (-1000 HU), so it does not look like "
-                "Hounsfield units; pass --window-ct LO,HI in its own units"
-            )
+        if lowest > _AIR_HU_CEILING:  # no air: not Hounsfield units (or masked), so no preset
+            if "," not in (options.window_ct or ""):
+                raise InputError(
+                    f"{second.source}: its lowest value is {lowest:g}, not air (-1000 HU), so it does not look "
+                    "like Hounsfield units (or is masked); pass --window-ct LO,HI in its own units"
+                )
+            window = replace(window, units=second.units or "source units")
         return mri_win, window
     if options.window_ct is not None:
         raise InputError(f"--window-ct applies to CT; for a {kind.upper()} pass --window-functional")

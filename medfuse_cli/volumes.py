@@ -15,6 +15,7 @@ anterior at the top and the patient's left on the left (the neurological view;
 from __future__ import annotations
 
 import gzip
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,10 @@ class Volume:
         source: the file or folder it was read from.
         modality: the DICOM Modality (``MR``, ``PT``, ``NM``, ``CT``, ...), None for NIfTI.
         units: the values' units where the file says them (``HU``, ``BQML``, ...), else ``""``.
-        qform_code, sform_code: NIfTI's codes for the affine (1 = scanner for DICOM), copied to
-            the fused volume so viewers place it as they place the MRI.
+        qform_code, sform_code: NIfTI's codes for its two affines (1 = scanner for DICOM),
+            copied to the fused volume so viewers place it as they place the MRI.
+        qform, sform: NIfTI's two affines as stored (float64 (4, 4)); None: ``affine`` (DICOM,
+            arrays). A viewer may read either, so both are copied as they are.
         spatial_unit: NIfTI's xyz unit (``mm`` for DICOM), copied likewise.
     """
 
@@ -54,6 +57,11 @@ class Volume:
     qform_code: int = 1
     sform_code: int = 1
     spatial_unit: str = "mm"
+    qform: np.ndarray | None = None
+    sform: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        check_affine(self.affine, self.source)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -69,6 +77,23 @@ class Volume:
         """E.g. ``256x256x180 voxels of 1x1x1.2 mm``."""
         shape = "x".join(str(n) for n in self.shape)
         return f"{shape} voxels of {'x'.join(f'{s:.4g}' for s in self.spacing)} mm"
+
+
+def check_affine(affine: np.ndarray, source: Path | str) -> None:
+    """Refuse an affine that places no volume: not a finite 4x4, or a singular 3x3 part.
+
+    Raises:
+        InputError: one line naming ``source``.
+    """
+    affine = np.asarray(affine)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise InputError(f"{source}: its affine must be a finite 4x4 matrix, got shape {affine.shape}")
+    sizes = np.linalg.norm(affine[:3, :3], axis=0)
+    if sizes.min() <= 0 or abs(np.linalg.det(affine[:3, :3])) < 1e-6 * sizes.prod():
+        raise InputError(
+            f"{source}: its affine is singular (voxel sizes {'x'.join(f'{v:.4g}' for v in sizes)} mm, or axes "
+            "that coincide), so its voxels have no place in space; fix the header (qform/sform)"
+        )
 
 
 def is_nifti_path(path: Path | str) -> bool:
@@ -127,21 +152,29 @@ def _read_nifti(path: Path) -> Volume:
             "extract one frame first (e.g. fslroi, or nibabel's image slicer)"
         )
     try:
-        voxels = np.asarray(image.get_fdata(dtype=np.float32))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # e.g. values beyond float32's range
+            voxels = np.asarray(image.get_fdata(dtype=np.float32))
+    except RuntimeWarning as exc:
+        raise InputError(f"{path}: its values cannot be held as float32 ({exc})") from None
     except Exception as exc:
         raise InputError(f"cannot read the voxels of {path}: {str(exc).splitlines()[0]}") from None
     voxels = voxels.reshape(shape[:3] + (1,) * (3 - len(shape[:3])))
     header = image.header
     spatial_unit = header.get_xyzt_units()[0] or "unknown"
+    qform, qform_code = header.get_qform(coded=True)
+    sform, sform_code = header.get_sform(coded=True)
     return Volume(
         voxels,
         np.asarray(image.affine, np.float64),
         path,
         None,
         "",
-        int(header["qform_code"]),
-        int(header["sform_code"]),
+        int(qform_code or 0),
+        int(sform_code or 0),
         spatial_unit,
+        None if qform is None else np.asarray(qform, np.float64),
+        None if sform is None else np.asarray(sform, np.float64),
     )
 
 
@@ -155,9 +188,14 @@ def check_same_grid(mri: Volume, second: Volume) -> None:
         mri.affine, second.affine, rtol=0, atol=GRID_TOLERANCE_MM
     )
     if not same:
-        what = "shapes" if mri.shape != second.shape else "affines (position or orientation)"
+        if mri.shape != second.shape:
+            what = "shapes differ"
+        else:
+            gap = float(np.abs(mri.affine - second.affine).max())
+            origins = (tuple(round(float(v), 3) for v in m.affine[:3, 3]) for m in (mri, second))
+            what = f"affines differ by up to {gap:.4g} mm; first voxel at {' vs '.join(map(str, origins))} mm"
         raise InputError(
-            f"the volumes are not on one voxel grid ({what} differ): {mri.source} is {mri.describe_grid()}, "
+            f"the volumes are not on one voxel grid ({what}): {mri.source} is {mri.describe_grid()}, "
             f"{second.source} is {second.describe_grid()}; register them first, or pass --resample to "
             "resample the second onto the MRI's grid"
         )
@@ -176,7 +214,7 @@ def resample_onto(second: Volume, mri: Volume) -> Volume:
     voxels = np.asarray(resampled.dataobj, np.float32)
     return Volume(
         voxels, mri.affine.copy(), second.source, second.modality, second.units,
-        mri.qform_code, mri.sform_code, mri.spatial_unit,
+        mri.qform_code, mri.sform_code, mri.spatial_unit, mri.qform, mri.sform,
     )  # fmt: skip
 
 
@@ -214,7 +252,7 @@ def write_nifti(
         voxels: float32 in [0, 1], (I, J, K) gray or (I, J, K, 3) RGB, ``reference``'s shape;
             stored as uint8 (RGB: NIfTI's RGB24 voxel type, which FSLeyes, ITK-SNAP and 3D
             Slicer show in colour).
-        reference: the MRI: its affine, qform/sform codes and spatial unit are copied.
+        reference: the MRI: its qform and sform (each with its code) and spatial unit are copied.
         description: the header's ``descrip`` (at most 79 bytes kept), e.g. the windows used.
         overwrite: replace an existing file.
 
@@ -231,8 +269,10 @@ def write_nifti(
             rgb[channel] = levels[..., index]
         levels = rgb
     image = nibabel.Nifti1Image(levels, reference.affine)
-    image.set_qform(reference.affine, code=max(reference.qform_code, 0))
-    image.set_sform(reference.affine, code=max(reference.sform_code, 0))
+    qform = reference.affine if reference.qform is None else reference.qform
+    sform = reference.affine if reference.sform is None else reference.sform
+    image.set_qform(qform, code=max(reference.qform_code, 0))
+    image.set_sform(sform, code=max(reference.sform_code, 0))
     image.header.set_xyzt_units(xyz=reference.spatial_unit if reference.spatial_unit != "unknown" else None)
     image.header["descrip"] = description.encode("ascii", "replace")[:_DESCRIPTION_BYTES]
     if levels.dtype == np.uint8:

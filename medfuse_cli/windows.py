@@ -34,6 +34,7 @@ CT_PRESETS: dict[str, tuple[float, float]] = {
 }
 DEFAULT_CT_PRESET = "subdural"
 MRI_PERCENTILES = (0.5, 99.5)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # windows are applied in float32
 FUNCTIONAL_PERCENTILE = 99.9
 
 
@@ -87,7 +88,9 @@ def parse_range(text: str, option: str) -> tuple[float, float]:
         low, high = (float(part) for part in parts)
     except ValueError:
         raise InputError(f"{option} takes LO,HI (two numbers), got '{text}'") from None
-    if not (np.isfinite(low) and np.isfinite(high)) or low >= high:
+    if not all(np.isfinite(v) and abs(v) <= _FLOAT32_MAX for v in (low, high)):
+        raise InputError(f"{option} takes finite LO,HI (within float32's range), got '{text}'")
+    if low >= high:
         raise InputError(f"{option} takes LO,HI with LO < HI, got '{text}'")
     return low, high
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import medfuse_cli
 from medfuse_cli.errors import InputError
 from medfuse_cli.montage import lightbox
 from medfuse_cli.volumes import axial_images, from_axial_images, read_volume
@@ -260,7 +261,7 @@ def test_lightbox_leaves_out_empty_slices_and_keeps_order() -> None:
     images = np.zeros((6, 2, 3), np.float32)
     for k in (1, 2, 4):
         images[k, 0, 0] = k / 10
-    tiled = lightbox(images, count=16)
+    tiled = lightbox(images)
     assert tiled.shape == (4, 6)  # three slices on a 2x2 grid
     assert [tiled[0, 0], tiled[0, 3], tiled[2, 0]] == pytest.approx([0.1, 0.2, 0.4])
 
@@ -278,8 +279,6 @@ def test_inputs_are_untouched(ct_volumes, tmp_path: Path, run_cli) -> None:
 
 
 def test_the_python_function_gives_what_the_cli_writes(ct_volumes, tmp_path: Path, run_cli) -> None:
-    import medfuse_cli
-
     mri, ct = (medfuse_cli.read_volume(p) for p in ct_volumes)
     assert mri.shape == (256, 256, 2) and mri.spacing == pytest.approx((0.9, 0.9, 3.0))
     fused = medfuse_cli.fuse_volume(mri.voxels, ct.voxels, mri.affine, "ct", window_ct="0,255", device="cpu")
@@ -344,3 +343,82 @@ def test_two_series_in_one_folder_and_a_non_mri_first_input_are_refused(
     ct_series = _dicom_series(ct_images, tmp_path / "CT_SERIES", "CT", "1.2.826.0.1.2", -1024.0)
     message = _refusal(run_cli, tmp_path, ct_series, ct_series, "-o", tmp_path / "f.nii.gz")
     assert "must be the MRI" in message
+
+
+def test_a_singular_affine_is_one_line(ct_volumes, tmp_path: Path, run_cli) -> None:
+    mri, _ = ct_volumes
+    flat = LPS_AFFINE.copy()
+    flat[:3, 2] = 0.0  # the slice axis has no length: the voxels have no place in space
+    singular = tmp_path / "singular.nii.gz"
+    image = nibabel.Nifti1Image(np.ones((256, 256, 2), np.int16), None)
+    image.set_sform(flat, code=2)  # a header only a hand (or a broken tool) writes
+    nibabel.save(image, singular)
+    assert "singular" in _refusal(
+        run_cli, tmp_path, mri, singular, "-o", tmp_path / "f.nii.gz", "--kind", "pet"
+    )
+    assert "singular" in _refusal(
+        run_cli, tmp_path, singular, mri, "-o", tmp_path / "f.nii.gz", "--kind", "pet", "--resample"
+    )
+    with pytest.raises(InputError, match="singular"):
+        medfuse_cli.fuse_volume(np.ones((4, 4, 2)), np.ones((4, 4, 2)), np.zeros((4, 4)), "pet")
+
+
+def test_the_mris_qform_and_sform_are_copied_each_as_it_is(ct_volumes, tmp_path: Path, run_cli) -> None:
+    _, ct = ct_volumes
+    image = nibabel.load(ct)
+    shifted = LPS_AFFINE.copy()
+    shifted[:3, 3] += (10.0, -5.0, 3.0)
+    mri = nibabel.Nifti1Image(np.asarray(image.dataobj) + 1, LPS_AFFINE)
+    mri.set_qform(LPS_AFFINE, code=1)
+    mri.set_sform(shifted, code=2)
+    nibabel.save(mri, tmp_path / "two-affines.nii.gz")
+    ct_on_sform = nibabel.Nifti1Image(np.asarray(image.dataobj).astype(np.int16) * 8 - 1024, shifted)
+    nibabel.save(ct_on_sform, tmp_path / "ct.nii.gz")
+    out = tmp_path / "f.nii.gz"
+    result = run_cli(
+        "fuse", tmp_path / "two-affines.nii.gz", tmp_path / "ct.nii.gz", "-o", out, "--kind", "ct", "-q"
+    )
+    assert result.code == 0, result.stderr
+    header = nibabel.load(out).header
+    np.testing.assert_allclose(header.get_qform(), LPS_AFFINE, atol=1e-4)
+    np.testing.assert_allclose(header.get_sform(), shifted, atol=1e-4)
+    assert (int(header["qform_code"]), int(header["sform_code"])) == (1, 2)
+
+
+def test_outputs_that_would_mix_with_inputs_or_half_runs_are_refused_first(
+    examples: Path, tmp_path: Path, run_cli
+) -> None:
+    volumes = examples / "volumes"
+    mri, pet = volumes / "MRI_SERIES", volumes / "PET_SERIES"
+    out, preview = tmp_path / "f.nii.gz", tmp_path / "p.png"
+    assert "series folder" in _refusal(run_cli, tmp_path, mri, pet, "-o", out, "--slices", mri / "slices")
+    assert "series folder" in _refusal(run_cli, tmp_path, mri, pet, "-o", pet / "f.nii.gz")
+    assert "different paths" in _refusal(run_cli, tmp_path, mri, pet, "-o", out, "--slices", out)
+    preview.write_bytes(b"an older preview")
+    assert "--skip-existing" in _refusal(
+        run_cli, tmp_path, mri, pet, "-o", out, "--preview", preview, "--skip-existing"
+    )
+    for flag in (("--resize",), ("--chroma", "drop"), ("--max-pixels", "100")):
+        assert flag[0] in _refusal(run_cli, tmp_path, mri, pet, "-o", out, *flag)
+
+
+def test_no_uptake_carries_no_colour(examples: Path, tmp_path: Path, run_cli) -> None:
+    volumes = examples / "volumes"
+    out = tmp_path / "f.nii.gz"
+    args = ("fuse", volumes / "t1.nii.gz", volumes / "pet.nii.gz", "-o", out, "--kind", "pet", "-q")
+    assert run_cli(*args, "--colormap", "viridis").code == 0  # viridis's zero is purple
+    rgb = np.asarray(nibabel.load(out).dataobj)
+    pet = np.asarray(nibabel.load(volumes / "pet.nii.gz").dataobj)
+    background = pet <= 0
+    assert background.any()
+    channels = np.stack([rgb[c][background].astype(int) for c in "RGB"])
+    assert np.abs(channels - channels.mean(axis=0)).max() <= 1  # gray where there is no uptake
+
+
+def test_values_beyond_float32_are_refused_not_made_infinite(ct_volumes, tmp_path: Path, run_cli) -> None:
+    mri, _ = ct_volumes
+    huge = tmp_path / "huge.nii.gz"
+    values = np.zeros((256, 256, 2))
+    values[0, 0, 0] = 1e300
+    nibabel.save(nibabel.Nifti1Image(values, LPS_AFFINE), huge)
+    assert "float32" in _refusal(run_cli, tmp_path, mri, huge, "-o", tmp_path / "f.nii.gz", "--kind", "pet")

@@ -127,6 +127,18 @@ def fuse(
             "--num-parts and --part-id split a folder run of 2-D pairs; give two folders of images"
         )
     if require_both_volumes(mri, functional):
+        from medfuse_cli.io import DEFAULT_MAX_PIXELS
+
+        two_d_only = {
+            "--resize": resize,
+            "--chroma": chroma != "auto",
+            "--max-pixels": max_pixels != DEFAULT_MAX_PIXELS,
+        }
+        if any(two_d_only.values()):
+            given = ", ".join(flag for flag, used in two_d_only.items() if used)
+            raise InputError(
+                f"{given} apply to 2-D images; volumes are windowed (--window-*) and resampled (--resample)"
+            )
         _fuse_volumes(
             fusion,
             mri,

@@ -76,7 +76,9 @@ def check_volume_outputs(outputs: VolumeOutputs, inputs: tuple[Path, Path], exis
     Raises:
         OutputError: a volume output that is not ``.nii``/``.nii.gz`` or ``-``, a missing
             output folder, an output that is an input, a preview that is not ``.png``, a
-            ``--slices`` path that is a file, or (``existing == "refuse"``) files that exist.
+            ``--slices`` path that is a file, two outputs on one path, an output inside an input
+            series folder, files that exist (``existing == "refuse"``), or a preview/slices that
+            exist beside a missing volume (``existing == "skip"``: a half-finished run).
     """
     volume = outputs.volume
     if str(volume) == "-" or not is_nifti_path(volume):
@@ -94,12 +96,26 @@ def check_volume_outputs(outputs: VolumeOutputs, inputs: tuple[Path, Path], exis
         raise OutputError(f"--preview must be a .png file: {outputs.preview}")
     if outputs.slices is not None and outputs.slices.exists() and not outputs.slices.is_dir():
         raise OutputError(f"--slices must be a folder: {outputs.slices}")
+    written = [path for path in (volume, outputs.preview, outputs.slices) if path is not None]
+    if len({path.resolve() for path in written}) < len(written):
+        raise OutputError("-o, --preview and --slices must name three different paths")
+    for path in written:
+        for source in inputs:
+            if source.is_dir() and source.resolve() in path.resolve().parents:
+                raise OutputError(f"refusing to write into an input series folder: {path} is inside {source}")
+    extras = [path for path in (outputs.preview,) if path is not None and path.exists()]
+    if outputs.slices is not None and outputs.slices.is_dir():
+        extras += sorted(outputs.slices.glob("slice_*.png"))[:1]
     if existing == "refuse":
-        for path in (volume, outputs.preview):
-            if path is not None and path.exists():
-                raise OutputError(output_exists_message(path))
-        if outputs.slices is not None and outputs.slices.is_dir() and any(outputs.slices.glob("slice_*.png")):
-            raise OutputError(f"slice files exist in {outputs.slices} (pass --overwrite to replace them)")
+        if volume.exists():
+            raise OutputError(output_exists_message(volume))
+        if extras:
+            raise OutputError(output_exists_message(extras[0]))
+    if existing == "skip" and extras and not volume.exists():
+        raise OutputError(
+            f"{extras[0]} exists but {volume} does not: --skip-existing keeps a finished run's outputs "
+            "whole; pass --overwrite, or remove it"
+        )
 
 
 def fuse_volume_files(
@@ -139,7 +155,10 @@ def fuse_volume_files(
         from medfuse_cli.io import write_png
         from medfuse_cli.montage import lightbox
 
-        _write(outputs.preview, lambda: write_png(outputs.preview, lightbox(images), 8, overwrite=overwrite))
+        anatomy = axial_images(mri.voxels, mri.affine).reshape(len(images), -1)
+        informative = anatomy.max(axis=1) > anatomy.min(axis=1)  # slices the MRI shows something in
+        montage = lightbox(images, informative)
+        _write(outputs.preview, lambda: write_png(outputs.preview, montage, 8, overwrite=overwrite))
     checkpoint = fusion.checkpoint_for(fused.fuser_kind)
     return VolumeRun(fused, outputs, checkpoint, slice_files, False, time.perf_counter() - started)
 
@@ -183,6 +202,7 @@ def require_both_volumes(mri: Path, second: Path) -> bool:
     if mri_volume != second_volume:
         volume, other = (mri, second) if mri_volume else (second, mri)
         raise InputError(
-            f"{volume} is a volume (NIfTI or DICOM series) but {other} is not: give two volumes, or two 2-D images"
+            f"{volume} is a volume (NIfTI or DICOM series) but {other} is not: give two volumes, or two 2-D "
+            "images (a folder is a DICOM series when its files are DICOM Part 10 files, with the DICM preamble)"
         )
     return mri_volume
