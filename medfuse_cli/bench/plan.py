@@ -16,6 +16,12 @@ Per fuser and batch size, one row (measured with ``bench.measure``):
 - with ``volume_slices``, a row ``<name>+volume`` for the whole volume flow: read a size×size×K
   MRI and grayscale PET pair of ``.nii.gz`` files made from the example pairs, window, colour
   map, fuse slice by slice, write the fused ``.nii.gz`` (``medfuse fuse t1.nii.gz pet.nii.gz``).
+
+With ``backend="onnxruntime"`` (networks only, CPU only), each network is exported to ONNX in
+memory as ``medfuse export`` exports it (``medfuse_cli.export``: checked against torch first) and
+each row, ``<name>+onnxruntime``, times ``InferenceSession.run`` on the same inputs, with the
+same warm-up and budget, and ``intra_op_num_threads`` = the row's thread count. Those rows are
+per call only: the whole-flow rows time medfuse's torch flow, so they are not repeated.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ EXAMPLE_PAIRS = (
     ("CT-MRI", "CT", "16011"),
 )
 FLOW_PAIR = EXAMPLE_PAIRS[0]  # colour functional image: the flow converts colour both ways
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,7 @@ class BenchPlan:
         threads: torch CPU threads for every fuser; None: each fuser's ``spec.cpu_threads``.
         checkpoint, weights: as ``medfuse fuse`` takes them, for the plan's one network.
         volume_slices: slices of the volume-flow row (0: no such row).
+        backend: ``torch`` (the module) or ``onnxruntime`` (its ONNX export; see the module docstring).
     """
 
     models: tuple[str, ...]
@@ -127,6 +135,7 @@ class BenchPlan:
     checkpoint: str | None = None
     weights: Path | None = None
     volume_slices: int = 0
+    backend: str = "torch"
 
 
 def examples_dir() -> Path:
@@ -211,12 +220,37 @@ def build_fusion(
     return fusion
 
 
+def check_backend(plan: BenchPlan) -> None:
+    """Refuse what a backend cannot time, before anything is built.
+
+    Raises:
+        InputError: an unknown backend; for ``onnxruntime``, a classical rule (not exported), a
+            device other than the CPU, or ``volume_slices`` (the volume flow is torch's).
+    """
+    if plan.backend not in BACKENDS:
+        raise InputError(f"--backend takes {' or '.join(BACKENDS)}, got '{plan.backend}'")
+    if plan.backend == "torch":
+        return
+    rules = [name for name in plan.models if not get_fuser_spec(name).needs_weights]
+    if rules:
+        raise InputError(
+            f"--backend onnxruntime times exported networks; {', '.join(rules)} "
+            f"{'is a classical rule' if len(rules) == 1 else 'are classical rules'}"
+        )
+    if plan.device.type != "cpu":
+        raise InputError(f"--backend onnxruntime runs on the CPU here; pass --device cpu, not {plan.device}")
+    if plan.volume_slices:
+        raise InputError("--volume-slices times medfuse's torch flow; drop it with --backend onnxruntime")
+
+
 def _fusions(plan: BenchPlan) -> list[Fusion]:
     """Every fuser of the plan, built before anything is timed so a bad name fails at once.
 
     Raises:
-        InputError: ``checkpoint`` or ``weights`` with other than exactly one network.
+        InputError: ``checkpoint`` or ``weights`` with other than exactly one network, or what
+            ``check_backend`` refuses.
     """
+    check_backend(plan)
     specs = [get_fuser_spec(model) for model in plan.models]
     networks = [spec.name for spec in specs if spec.needs_weights]
     chosen = plan.checkpoint is not None or plan.weights is not None
@@ -277,6 +311,44 @@ def bench_fuser(fusion: Fusion, size: int, batch: int, budget: TimingBudget) -> 
     return _row(fusion, fusion.spec.name, batch, (size, size), times, peak.mb)
 
 
+def onnxruntime_session(fusion: Fusion) -> object:
+    """The fuser's functional-pair network exported to ONNX in memory (checked against torch, as
+    ``medfuse export`` does) and loaded in an ONNX Runtime CPU session whose
+    ``intra_op_num_threads`` is the fuser's thread count.
+
+    Raises:
+        InputError: the export failed, or ONNX Runtime differs from torch by more than
+            ``export.CHECK_TOLERANCE``.
+        MedfuseError: a package of the onnx extra is missing.
+    """
+    from medfuse_cli.export import checked_session, export_module
+
+    module = fusion.module_for(FUNCTIONAL)
+    data = export_module(module, fusion.spec.name).SerializeToString()
+    session, _ = checked_session(module, fusion.spec.name, data, threads=fusion.describe()["threads"])
+    return session
+
+
+def bench_onnxruntime(
+    fusion: Fusion, session: object, size: int, batch: int, budget: TimingBudget
+) -> BenchRow:
+    """Time ``session.run`` (an export of the fuser, ``onnxruntime_session``) on the inputs
+    ``bench_fuser`` times torch on: ``batch`` example pairs of size×size, float32 numpy arrays.
+
+    Returns:
+        the ``<name>+onnxruntime`` row; parameters and FLOPs are the network's.
+    """
+    from medfuse_cli.export import INPUT_NAMES, OUTPUT_NAME
+
+    planes = example_planes(size, batch)
+    with peak_memory(torch.device("cpu")) as peak:
+        feeds = {
+            name: np.ascontiguousarray(p, np.float32) for name, p in zip(INPUT_NAMES, planes, strict=True)
+        }
+        times = time_calls(lambda: session.run([OUTPUT_NAME], feeds), torch.device("cpu"), budget)
+    return _row(fusion, f"{fusion.spec.name}+onnxruntime", batch, (size, size), times, peak.mb)
+
+
 def bench_flow(fusion: Fusion, scratch: Path, budget: TimingBudget) -> BenchRow:
     """Time read → colour split → fuse → colour merge → PNG write of the example pair.
 
@@ -334,18 +406,31 @@ def run_benchmark(plan: BenchPlan, on_row: Callable[[str], None] = lambda _: Non
 
     Args:
         plan: what to measure.
-        on_row: called with a row's label (``"lwnet batch 16"``, ``"lwnet+io"``) as it starts.
+        on_row: called with a row's label (``"lwnet batch 16"``, ``"lwnet+io"``,
+            ``"lwnet export"``) as it starts.
 
     Returns:
         the rows, per fuser: one per batch size, then ``<name>+io``, then ``<name>+volume``
-        when ``plan.volume_slices`` is set.
+        when ``plan.volume_slices`` is set; with the onnxruntime backend, one
+        ``<name>+onnxruntime`` row per batch size.
 
     Raises:
         InputError, CheckpointError: as ``build_fusion``, or ``checkpoint``/``weights`` with
-            other than one network; raised before anything is timed.
+            other than one network, or what ``check_backend`` refuses; raised before anything
+            is timed. With the onnxruntime backend, as ``onnxruntime_session``.
     """
     fusions = _fusions(plan)
     rows = []
+    if plan.backend == "onnxruntime":
+        sessions = []
+        for fusion in fusions:  # every export first: one that fails stops the run before any timing
+            on_row(f"{fusion.spec.name} export")
+            sessions.append(onnxruntime_session(fusion))
+        for fusion, session in zip(fusions, sessions, strict=True):
+            for batch in plan.batches:
+                on_row(f"{fusion.spec.name}+onnxruntime batch {batch}")
+                rows.append(bench_onnxruntime(fusion, session, plan.size, batch, plan.budget))
+        return rows
     with tempfile.TemporaryDirectory(prefix="medfuse-bench-") as scratch:
         for fusion in fusions:
             for batch in plan.batches:

@@ -20,7 +20,7 @@ import typer
 from typer.core import TyperGroup
 
 from medfuse_cli import __version__
-from medfuse_cli.cli import benchmark, evaluate, fuse, models, train
+from medfuse_cli.cli import benchmark, evaluate, export, fuse, models, train
 from medfuse_cli.errors import MedfuseError
 from medfuse_cli.io import write_stdout
 
@@ -72,6 +72,7 @@ app.command("evaluate")(evaluate.evaluate)
 app.command("models")(models.models)
 app.command("train")(train.train)
 app.command("benchmark")(benchmark.benchmark)
+app.command("export")(export.export)
 
 
 def _version(value: bool) -> None:

@@ -55,6 +55,12 @@ def benchmark(
         help="Also time the whole volume flow (read two .nii.gz, window, fuse, write) on --size² × N slices; 0: off.",
     ),
     threads: int | None = options.THREADS,
+    backend: str = typer.Option(
+        "torch",
+        "--backend",
+        help="torch, or onnxruntime: time each network's ONNX export (as `medfuse export` writes it) in an "
+        "ONNX Runtime CPU session with --threads intra-op threads; per-call rows only; without -m, every network.",
+    ),
     checkpoint: str | None = options.CHECKPOINT,
     weights: Path | None = options.WEIGHTS,
     as_json: bool = options.JSON,
@@ -63,10 +69,11 @@ def benchmark(
     """Time each fuser per call and per pair, and the whole read-fuse-write flow on the example pair.
 
     --checkpoint and --weights apply to the one network model benchmarked (the rules beside it
-    take none).
+    take none). --backend onnxruntime times the networks' ONNX exports instead (rows
+    <name>+onnxruntime; needs the onnx extra).
     """
     from medfuse_cli.bench.measure import TimingBudget
-    from medfuse_cli.bench.plan import BenchPlan, run_benchmark
+    from medfuse_cli.bench.plan import BenchPlan, check_backend, run_benchmark
     from medfuse_cli.devices import resolve_device
     from medfuse_cli.fusers import list_fusers
 
@@ -76,8 +83,9 @@ def benchmark(
             f"--batch {max(batches)} × --size {size}² is {max(batches) * size * size:,} pixels per call, above "
             f"the {MAX_PIXELS_PER_CALL:,} a benchmark row may use; lower one of them"
         )
+    everything = [spec.name for spec in list_fusers() if backend != "onnxruntime" or spec.needs_weights]
     plan = BenchPlan(
-        models=tuple(model or [spec.name for spec in list_fusers()]),
+        models=tuple(model or everything),
         device=resolve_device(device),
         size=size,
         batches=tuple(batches),
@@ -86,9 +94,13 @@ def benchmark(
         checkpoint=checkpoint,
         weights=weights,
         volume_slices=volume_slices,
+        backend=backend,
     )
+    check_backend(plan)
+    # Rows per fuser: one per batch, then the whole flow (+io, +volume); onnxruntime: its export, then batches.
+    steps = len(plan.batches) + 1 + (bool(volume_slices) if backend == "torch" else 0)
     with options.progress_bar("timing {task.description}", quiet, eta=False) as progress:
-        task = progress.add_task("", total=len(plan.models) * (len(plan.batches) + 1 + bool(volume_slices)))
+        task = progress.add_task("", total=len(plan.models) * steps)
         started = [0]
 
         def starting(row: str) -> None:
@@ -114,9 +126,10 @@ def _table(rows: list[BenchRow], device: torch.device) -> Table:
     table = Table(
         title=f"medfuse benchmark on {device}",
         caption=(
-            "ms: median and p90 per call of n timed calls; threads: torch CPU threads of the row; "
+            "ms: median and p90 per call of n timed calls; threads: torch CPU threads of the row (ONNX Runtime's "
+            "intra-op threads for +onnxruntime); "
             "+io: read, colour, fuse and write the example PNG pair; +volume: the same for a NIfTI pair of "
-            "'batch' slices; * random weights, timed for "
+            "'batch' slices; +onnxruntime: the network's ONNX export in ONNX Runtime; * random weights, timed for "
             "speed only"
         ),
         box=box.SIMPLE_HEAD,
