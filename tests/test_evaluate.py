@@ -333,3 +333,34 @@ def test_the_default_line_up_leaves_out_the_slow_lywnet(run_cli, examples: Path)
     assert result.code == 0
     assert "lywnet" not in json.loads(result.stdout)["methods"]
     assert "lwnet" in json.loads(result.stdout)["methods"]
+
+
+def test_out_keeps_existing_files_without_overwrite(run_cli, examples: Path, tmp_path: Path) -> None:
+    """As ``fuse`` does: files that exist are refused before any scoring, replaced with --overwrite."""
+    out = tmp_path / "out"
+    args = ("evaluate", examples / "CT-MRI", "-m", "average", "--metrics", FAST, "--out", out, "-q")
+    assert run_cli(*args).code == 0
+    (out / "summary.md").write_text("mine")
+    refused = run_cli(*args)
+    assert refused.code == 1 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith(f"error: --out: 4 output file(s) exist in {out}")
+    assert "pass --overwrite to replace them" in refused.stderr
+    assert (out / "summary.md").read_text() == "mine"
+    assert run_cli(*args, "--overwrite").code == 0
+    assert (out / "summary.md").read_text().startswith("# medfuse evaluate")
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "CT-MRI_radar.png").write_bytes(b"mine")
+    with_plot = ("evaluate", examples / "CT-MRI", "-m", "average", "--metrics", FAST, "--out", plots, "-q")
+    refused = run_cli(*with_plot, "--plot")
+    assert refused.code == 1 and "CT-MRI_radar.png" in refused.stderr
+    assert {p.name for p in plots.iterdir()} == {"CT-MRI_radar.png"}  # nothing else written
+    assert run_cli(*with_plot).code == 0  # without --plot the figure is not an output
+    assert (plots / "CT-MRI_radar.png").read_bytes() == b"mine"
+
+
+def test_a_report_does_not_change_the_scores(run_cli, examples: Path, tmp_path: Path) -> None:
+    args = ("evaluate", examples, "-m", "average", "--metrics", FAST, "--json", "-q")
+    plain = _json(run_cli(*args))
+    assert _json(run_cli(*args, "--report", tmp_path / "report")) == plain
+    assert json.loads((tmp_path / "report" / "summary.json").read_text()) == plain

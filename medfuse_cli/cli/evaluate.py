@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,7 +45,33 @@ def evaluate(
         None, "--out", help="Folder for per_image.csv, summary.csv, summary.md and summary.json."
     ),
     plot: bool = typer.Option(
-        False, "--plot", help="With --out: box plots and a radar chart (needs matplotlib)."
+        False, "--plot", help="With --out: box plots and a radar chart beside the tables."
+    ),
+    report: Path | None = typer.Option(
+        None,
+        "--report",
+        help="Folder for an HTML report that opens offline: index.html with the summary, the plots, a gallery "
+        "of fused images with magnified crops and a sortable per-image table, beside the images, the plots "
+        "and the --out tables it shows (so it needs neither --out nor --plot).",
+    ),
+    gallery_pairs: list[str] | None = typer.Option(
+        None,
+        "--gallery-pairs",
+        metavar="NAME,...",
+        help="With --report: pairs (file stems, comma-separated, repeatable) the gallery shows besides the "
+        "best, median and worst.",
+    ),
+    gallery_metric: str | None = typer.Option(
+        None,
+        "--gallery-metric",
+        metavar="METRIC",
+        help="With --report: the metric that picks the gallery's best, median and worst pairs "
+        "[default: the first of --metrics].",
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace the files --out or --report write where they exist (otherwise they are refused before any scoring).",
     ),
     resize: bool = options.RESIZE,
     chroma: str = options.CHROMA,
@@ -58,53 +85,71 @@ def evaluate(
 ) -> None:
     """Score fused images with the field's metrics: mean ± std per method, the best marked.
 
-    Without --model or --fused the shipped networks (but LYWNet, minutes per folder on a CPU: name it to run it) and the classical rules are scored; networks without an available checkpoint are skipped with a note. Metrics see 8-bit Y planes: A = MRI, B = Y of the functional image (or the CT), F = Y of the fused image.
+    Without --model or --fused the shipped networks (but LYWNet, minutes per folder on a CPU: name it to run it) and the classical rules are scored; networks without an available checkpoint are skipped with a note. Metrics see 8-bit Y planes: A = MRI, B = Y of the functional image (or the CT), F = Y of the fused image. --out writes the tables (with --plot, the figures); --report writes a page to look at, with its own copy of both.
     """
     # Imported here, not at the top: the metrics pull in scipy, which every other command
     # would then pay for at start-up.
     from medfuse_cli.devices import resolve_device
     from medfuse_cli.evaluation import plots, reports, scoring, tables
+    from medfuse_cli.evaluation.files import OutputFiles, refuse_existing
+    from medfuse_cli.evaluation.gallery import check_named_pairs, gallery_metric_of
     from medfuse_cli.evaluation.methods import choose_methods, parse_metrics
+    from medfuse_cli.evaluation.report_folder import PAGE, ReportFolder, report_names
+    from medfuse_cli.evaluation.reports import TABLE_FILES
     from medfuse_cli.pairs import find_pair_sets
     from medfuse_cli.pipeline import check_chroma
 
     check_chroma(chroma)
     metric_names = parse_metrics(metrics)
-    if plot and out is None:
-        raise InputError("--plot writes files: give --out DIR as well")
-    if out is not None and out.exists() and not out.is_dir():
-        raise InputError(f"--out must be a folder: {out}")
-    if plot:
-        plots.require_matplotlib()
+    _check_outputs(out, plot, report, bool(gallery_pairs) or gallery_metric is not None, overwrite)
     pair_sets, parent = find_pair_sets(pairdir, scoring.SPLIT)
     methods, named = choose_methods(model or [], fused or [], checkpoint, weights)
+    ranked_by = gallery_metric_of(gallery_metric, metric_names)
+    shown_pairs = check_named_pairs(pair_sets, (n for spec in gallery_pairs or [] for n in spec.split(",")))
+    if not overwrite:  # before minutes of scoring, as fuse refuses existing outputs
+        if out is not None:
+            plotted = [n for s in pair_sets for n in plots.plot_names(s.label, metric_names)] if plot else []
+            refuse_existing(out, [*TABLE_FILES, *plotted], "--out")
+        if report is not None:
+            refuse_existing(report, report_names(pair_sets, metric_names), "--report")
     torch_device = resolve_device(device)
     total = sum(len(s.pairs) for s in pair_sets) * len(methods)
 
-    created: list[Path] = create_folder(out) if out is not None else []
-    try:  # an --out that cannot be written fails here, before minutes of scoring
-        if out is not None:
-            prepare_output_folder(out)
-        with options.progress_bar("scoring", quiet) as progress:
-            task = progress.add_task("evaluate", total=total)
+    files = OutputFiles(overwrite)
+    created = {folder: create_folder(folder) for folder in (out, report) if folder is not None}
+    try:  # a folder that cannot be written fails here, before minutes of scoring
+        for folder in created:
+            prepare_output_folder(folder)
+        shown = ReportFolder(report, pair_sets, methods, files) if report is not None else None
+        with shown or contextlib.nullcontext():  # the report's helper thread stops on leaving
+            with options.progress_bar("scoring", quiet) as progress:
+                task = progress.add_task("evaluate", total=total)
 
-            def skipped(label: str, reason: str) -> None:
-                if as_json and not quiet:  # otherwise the tables say so
-                    progress.console.print(f"skipped {label}: {reason}", markup=False, soft_wrap=True)
+                def skipped(label: str, reason: str) -> None:
+                    if as_json and not quiet:  # otherwise the tables say so
+                        progress.console.print(f"skipped {label}: {reason}", markup=False, soft_wrap=True)
 
-            results = scoring.evaluate(
-                pair_sets,
-                methods,
-                metric_names,
-                torch_device,
-                resize=resize,
-                chroma=chroma,
-                max_pixels=max_pixels,
-                threads=threads,
-                methods_named=named,
-                on_progress=lambda n: progress.advance(task, n),
-                on_skip=skipped,
-            )
+                results = scoring.evaluate(
+                    pair_sets,
+                    methods,
+                    metric_names,
+                    torch_device,
+                    resize=resize,
+                    chroma=chroma,
+                    max_pixels=max_pixels,
+                    threads=threads,
+                    methods_named=named,
+                    on_progress=lambda n: progress.advance(task, n),
+                    on_skip=skipped,
+                    sink=shown.images if shown is not None else None,
+                    on_result=shown.scored if shown is not None else lambda result: None,
+                )
+            if shown is not None:
+                with options.progress_bar("report", quiet) as progress:
+                    task = progress.add_task("report", total=len(results) + 1)
+                    shown.finish(
+                        results, parent, ranked_by, shown_pairs, on_step=lambda: progress.advance(task)
+                    )
 
         if as_json:
             print(json.dumps(tables.results_json(results, parent)))
@@ -115,13 +160,39 @@ def evaluate(
                 for label, reason in result.skipped.items():
                     console.print(Text(f"skipped {label}: {reason}", style="dim"), soft_wrap=True)
         if out is not None:
-            written = reports.write_reports(results, parent, out)
+            written = reports.write_reports(results, parent, out, files)
             if plot:
-                written += plots.write_plots(results, out)
+                written += plots.write_plots(results, out, files)
             if not quiet:
                 _stderr.print(f"wrote {len(written)} files to {out}", markup=False)
+        if report is not None and not quiet:
+            count = sum(report in path.parents for path in files.written)
+            _stderr.print(f"wrote {count} files to {report}: open {report / PAGE}", markup=False)
+    except BaseException:  # outputs are whole or absent: an error or interrupt removes this run's files
+        files.discard()
+        raise
     finally:  # a run that wrote nothing leaves no folder it made
-        remove_if_empty(created)
+        for made in created.values():
+            remove_if_empty(made)
+
+
+def _check_outputs(out: Path | None, plot: bool, report: Path | None, gallery: bool, overwrite: bool) -> None:
+    """Refuse output options that cannot work together, before anything is read."""
+    if plot and out is None:
+        if report is not None:
+            raise InputError(
+                "--plot draws its figures beside --out's tables; --report has its own: drop --plot"
+            )
+        raise InputError("--plot writes files: give --out DIR as well")
+    for folder, option in ((out, "--out"), (report, "--report")):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise InputError(f"{option} must be a folder: {folder}")
+    if out is not None and report is not None and out.resolve() == report.resolve():
+        raise InputError("--out and --report name one folder; the report holds the tables too: drop --out")
+    if gallery and report is None:
+        raise InputError("--gallery-pairs and --gallery-metric choose what --report shows: give --report DIR")
+    if overwrite and out is None and report is None:
+        raise InputError("--overwrite replaces files that --out or --report write: give one of them")
 
 
 def _table(result: PairSetResult) -> Table:

@@ -4,19 +4,28 @@ Box plots show every metric's per-image distribution for each method. The radar 
 method's mean on one axis per metric after min-max normalisation across the compared methods
 (best = 1, worst = 0, direction taken from the metric), and labels each method with its area
 ratio: the area of its polygon over the area of the full polygon (all axes at 1), in percent,
-as the LWNet paper reports. matplotlib is an optional extra (``pip install 'medfuse[plots]'``).
+as the LWNet paper reports.
+
+Figures are matplotlib ``Figure`` objects, not pyplot's: no global state, so a report can draw
+them on a helper thread while scoring goes on. matplotlib is imported only when one is drawn.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medfuse_cli.evaluation.files import OutputFiles
 from medfuse_cli.evaluation.scoring import PairSetResult
 from medfuse_cli.evaluation.tables import arrow
 from medfuse_cli.metrics import METRICS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def normalised_means(result: PairSetResult) -> dict[str, list[float]]:
@@ -49,35 +58,58 @@ def area_ratio(radii: list[float]) -> float:
     return sum(radii[i] * radii[(i + 1) % n] for i in range(n)) / n
 
 
-def require_matplotlib():
-    """matplotlib's pyplot on the file-only Agg backend (imported only when plots are asked for)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def plot_names(pair_set_label: str, metrics: list[str]) -> list[str]:
+    """The files ``write_plots`` writes for one pair set: ``<pairs>_boxplots.png``, and
+    ``<pairs>_radar.png`` when there are at least three metrics (a radar needs three axes)."""
+    return [name for name, _ in _figures(pair_set_label, metrics)]
 
 
-def write_plots(results: list[PairSetResult], out_dir: Path) -> list[Path]:
-    """Write ``<pairs>_boxplots.png`` and ``<pairs>_radar.png`` per pair set; return the paths."""
-    plt = require_matplotlib()
+def write_plots(results: list[PairSetResult], out_dir: Path, files: OutputFiles) -> list[Path]:
+    """Draw and write the figures of every pair set with a scored method (see ``plot_names``).
+
+    Args:
+        results: Scores per pair set.
+        out_dir: The folder to write into (created if missing).
+        files: The run's writer (atomic PNGs, ``--overwrite``, removal if the run fails).
+
+    Returns:
+        The paths written, pair set by pair set.
+
+    Raises:
+        OutputError: A file exists without ``--overwrite`` or cannot be written.
+    """
     written = []
     for result in results:
         if not result.methods:
             continue
-        stem = result.pair_set.label.replace("/", "_")
-        written.append(_boxplots(plt, result, out_dir / f"{stem}_boxplots.png"))
-        if len(result.metrics) >= 3:
-            written.append(_radar(plt, result, out_dir / f"{stem}_radar.png"))
+        for name, draw in _figures(result.pair_set.label, result.metrics):
+            fig, options = draw(result)
+            written.append(
+                files.write(
+                    out_dir / name, lambda tmp, fig=fig, o=options: fig.savefig(tmp, format="png", **o)
+                )
+            )
     return written
 
 
-def _boxplots(plt, result: PairSetResult, path: Path) -> Path:
+def _figures(pair_set_label: str, metrics: list[str]) -> list[tuple[str, Callable]]:
+    """Each figure of a pair set: its file name and the function that draws it."""
+    stem = pair_set_label.replace("/", "_")
+    figures = [(f"{stem}_boxplots.png", _boxplots)]
+    if len(metrics) >= 3:
+        figures.append((f"{stem}_radar.png", _radar))
+    return figures
+
+
+def _boxplots(result: PairSetResult) -> tuple[Figure, dict]:
+    """The box plots' figure and its ``savefig`` options."""
+    from matplotlib.figure import Figure
+
     labels = list(result.methods)
     columns = min(3, len(result.metrics))
     rows = math.ceil(len(result.metrics) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    fig = Figure(figsize=(4.2 * columns, 3.4 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax, metric in zip(axes.flat, result.metrics, strict=False):
         ax.boxplot([result.methods[label].values(metric) for label in labels])
         ax.set_xticks(range(1, len(labels) + 1), labels)
@@ -88,16 +120,17 @@ def _boxplots(plt, result: PairSetResult, path: Path) -> Path:
         ax.set_visible(False)
     fig.suptitle(f"{result.pair_set.label}: per-image scores")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig, {"dpi": 120}
 
 
-def _radar(plt, result: PairSetResult, path: Path) -> Path:
+def _radar(result: PairSetResult) -> tuple[Figure, dict]:
+    """The radar chart's figure and its ``savefig`` options."""
+    from matplotlib.figure import Figure
+
     radii = normalised_means(result)
     n = len(result.metrics)
     angles = [2 * math.pi * i / n for i in range(n)]
-    fig = plt.figure(figsize=(6.4, 6.4))
+    fig = Figure(figsize=(6.4, 6.4))
     ax = fig.add_subplot(projection="polar")
     for label, values in radii.items():
         ax.plot(
@@ -115,6 +148,4 @@ def _radar(plt, result: PairSetResult, path: Path) -> Path:
     ax.set_title(f"{result.pair_set.label}: normalised means (area ratio)", pad=18)
     ax.legend(loc="upper right", bbox_to_anchor=(1.35, 1.1), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return fig, {"dpi": 120, "bbox_inches": "tight"}

@@ -17,11 +17,13 @@ between methods are unaffected.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -62,12 +64,17 @@ class MethodScores:
 
 @dataclass
 class PairSetResult:
-    """All methods' scores on one pair set, plus the methods that could not run and why."""
+    """All methods' scores on one pair set, plus the methods that could not run and why.
+
+    ``checkpoints`` holds, per fuser run here, what its pairs were fused with, as
+    ``Fusion.checkpoint_for`` names it (a checkpoint name or ``--weights PATH``; none for a rule).
+    """
 
     pair_set: PairSet
     metrics: list[str]
     methods: dict[str, MethodScores] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    checkpoints: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def best(self, metric: str) -> str | None:
         """The method with the best mean for ``metric`` (direction from the registry); None
@@ -94,6 +101,20 @@ def luma8(pixels: np.ndarray) -> np.ndarray:
     return np.rint(y.astype(np.float64) * 255.0)
 
 
+class ImageSink(Protocol):
+    """Receives the images scoring sees, as they are read or fused (``--report`` writes them).
+
+    ``image`` is the pair's key in the results (the MRI's file name); pixels are float in
+    [0, 1], (H, W) gray or (H, W, 3) RGB, all of one pair the same size.
+    """
+
+    def sources(self, pair_set: PairSet, image: str, mri: np.ndarray, second: np.ndarray) -> None:
+        """The MRI (gray) and the second image as fused: RGB for a PET/SPECT, gray for a CT."""
+
+    def fused(self, pair_set: PairSet, method: str, image: str, pixels: np.ndarray) -> None:
+        """One method's fused image, as its 8-bit file holds it or would hold it."""
+
+
 @dataclass(frozen=True)
 class _Sources:
     pair: Pair
@@ -102,18 +123,30 @@ class _Sources:
     file_name: str
 
 
-def _load_sources(pair_set: PairSet, resize: bool, chroma: str, max_pixels: int) -> list[_Sources]:
+def _load_sources(
+    pair_set: PairSet, resize: bool, chroma: str, max_pixels: int, sink: ImageSink | None
+) -> list[_Sources]:
     sources = []
     for files in pair_set.pairs:
         pair = load_pair(files.name, files.mri, files.second, resize, chroma, max_pixels)
         a = np.rint(pair.anatomical_y.astype(np.float64) * 255.0)
         b = np.rint(pair.functional_y.astype(np.float64) * 255.0)
         sources.append(_Sources(pair, a, b, files.mri.name))
+        if sink is not None:
+            sink.sources(pair_set, files.mri.name, pair.anatomical_y, compose(pair, pair.functional_y))
     return sources
 
 
+# Where a method's fused images go besides scoring: (image, pixels) -> None.
+_Keep = Callable[[str, np.ndarray], None]
+
+
+def _ignore(image: str, pixels: np.ndarray) -> None:
+    """The ``_Keep`` of a run without an ``ImageSink``."""
+
+
 def _read_fused(
-    method: Method, pair_set: PairSet, sources: list[_Sources], max_pixels: int
+    method: Method, pair_set: PairSet, sources: list[_Sources], max_pixels: int, keep: _Keep
 ) -> list[np.ndarray]:
     try:
         paths = find_fused(method.fused_dir, pair_set, SPLIT)
@@ -128,10 +161,11 @@ def _read_fused(
                 f"its sources are {s.a.shape[1]}x{s.a.shape[0]}"
             )
         planes.append(luma8(image.pixels))
+        keep(s.file_name, image.pixels)
     return planes
 
 
-def _fuse(fusion: Fusion, sources: list[_Sources]) -> list[np.ndarray]:
+def _fuse(fusion: Fusion, sources: list[_Sources], keep: _Keep) -> list[np.ndarray]:
     """Fused Y planes (0..255) of every pair; a pair the fuser refuses stops the method (its
     error names why), since a method's mean over some of the pairs would not compare."""
     planes = []
@@ -140,7 +174,9 @@ def _fuse(fusion: Fusion, sources: list[_Sources]) -> list[np.ndarray]:
         for source, fused in zip(batch, fusion.fuse_pairs([s.pair for s in batch]), strict=True):
             if isinstance(fused, MedfuseError):
                 raise fused
-            planes.append(luma8(compose(source.pair, fused)))
+            pixels = compose(source.pair, fused)
+            planes.append(luma8(pixels))
+            keep(source.file_name, pixels)
     return planes
 
 
@@ -157,6 +193,8 @@ def evaluate(
     on_progress: Callable[[int], None] = lambda images: None,
     on_skip: Callable[[str, str], None] = lambda label, reason: None,
     workers: int | None = None,
+    sink: ImageSink | None = None,
+    on_result: Callable[[PairSetResult], None] = lambda result: None,
 ) -> list[PairSetResult]:
     """Score every method on every pair set.
 
@@ -179,6 +217,8 @@ def evaluate(
         on_progress: Called with n after n more images are scored (or skipped).
         on_skip: Called with "<method> on <pair set>" and the reason a method was skipped.
         workers: Metric threads; by default up to 4, one per CPU.
+        sink: Receives every pair's sources and every method's fused images (``ImageSink``).
+        on_result: Called with each pair set's result as soon as it is complete.
 
     Returns:
         One result per pair set, in order, with per-image scores keyed by the MRI's file name.
@@ -192,11 +232,14 @@ def evaluate(
     results = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for pair_set in pair_sets:
-            sources = _load_sources(pair_set, resize, chroma, max_pixels)
+            sources = _load_sources(pair_set, resize, chroma, max_pixels, sink)
             result = PairSetResult(pair_set, list(metrics))
             for method in methods:
+                keep = _ignore if sink is None else functools.partial(sink.fused, pair_set, method.label)
                 try:
-                    planes = _method_planes(method, pair_set, sources, fusions, device, threads, max_pixels)
+                    planes = _method_planes(
+                        method, pair_set, sources, fusions, device, threads, max_pixels, keep
+                    )
                 except MedfuseError as exc:
                     if methods_named or method.model is None:
                         raise
@@ -217,7 +260,11 @@ def evaluate(
                 ):
                     scores.per_image[src.file_name] = values
                 result.methods[method.label] = scores
+                if method.label in fusions:
+                    used = {fusions[method.label].checkpoint_for(s.pair.kind) for s in sources}
+                    result.checkpoints[method.label] = tuple(sorted(c for c in used if c is not None))
             results.append(result)
+            on_result(result)
     return results
 
 
@@ -229,10 +276,12 @@ def _method_planes(
     device: torch.device,
     threads: int | None,
     max_pixels: int,
+    keep: _Keep,
 ) -> list[np.ndarray]:
-    """The fused Y planes (0..255) of one method on one pair set: fused here, or read."""
+    """The fused Y planes (0..255) of one method on one pair set: fused here, or read; each
+    fused image is also handed to ``keep``."""
     if method.model is None:
-        return _read_fused(method, pair_set, sources, max_pixels)
+        return _read_fused(method, pair_set, sources, max_pixels, keep)
     if method.label not in fusions:
         fusions[method.label] = Fusion(method.model, device, method.checkpoint, method.weights, threads)
-    return _fuse(fusions[method.label], sources)
+    return _fuse(fusions[method.label], sources, keep)
