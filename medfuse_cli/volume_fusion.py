@@ -10,6 +10,7 @@ return the fused voxels on the MRI's grid. Every decision is in the ``FusedVolum
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -32,6 +33,10 @@ MODALITY_KINDS = {"PT": "pet", "NM": "spect", "CT": "ct"}
 # Below this, a CT's lowest value cannot be air (-1000 HU): its values are not Hounsfield units
 # (e.g. stored values without the rescale intercept), so a HU preset would be a silent guess.
 _AIR_HU_CEILING = -500.0
+# A window the user gave that leaves less than this share of the non-zero voxels between its
+# ends shows (almost) nothing but black or white: said in a notice, not refused (it is asked for).
+_USEFUL_SHARE = 0.01
+log = logging.getLogger("medfuse_cli")
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,21 @@ def choose_windows(mri: Volume, second: Volume, kind: str, options: VolumeOption
     return mri_win, functional_window(second.voxels, options.window_functional, units, str(second.source))
 
 
+def _notice_if_window_shows_nothing(window: Window, voxels: np.ndarray, label: str) -> None:
+    """A ``notice:`` when a window the user gave puts almost every non-zero voxel at one end."""
+    if window.rule.startswith("auto"):
+        return
+    nonzero = voxels[voxels != 0]
+    if nonzero.size == 0:
+        return
+    inside = float(np.count_nonzero((nonzero > window.low) & (nonzero < window.high))) / nonzero.size
+    if inside < _USEFUL_SHARE:
+        log.warning(
+            "the %s window %s holds %.2g %% of its non-zero voxels (values %.4g..%.4g); the rest are black or white",
+            label, window.describe(), 100 * inside, float(nonzero.min()), float(nonzero.max()),
+        )  # fmt: skip
+
+
 def fuse_volumes(
     fusion: Fusion,
     mri: Volume,
@@ -201,6 +221,8 @@ def fuse_volumes(
         second, resampled = resample_onto(second, mri), True
     check_same_grid(mri, second)
     mri_win, second_win = choose_windows(mri, second, kind, options)
+    for window, volume, label in ((mri_win, mri, "MRI"), (second_win, second, kind.upper())):
+        _notice_if_window_shows_nothing(window, volume.voxels, label)
     # Turned to axial images once (source units); windowed, coloured, fused and merged a batch
     # of slices at a time, so the float work stays in cache and the memory is one output volume.
     anatomical = axial_images(mri.voxels, mri.affine)

@@ -422,3 +422,23 @@ def test_values_beyond_float32_are_refused_not_made_infinite(ct_volumes, tmp_pat
     values[0, 0, 0] = 1e300
     nibabel.save(nibabel.Nifti1Image(values, LPS_AFFINE), huge)
     assert "float32" in _refusal(run_cli, tmp_path, mri, huge, "-o", tmp_path / "f.nii.gz", "--kind", "pet")
+
+
+def test_a_window_that_shows_nothing_is_said_not_refused(examples: Path, tmp_path: Path, run_cli) -> None:
+    volumes = examples / "volumes"
+    args = (
+        "fuse",
+        volumes / "t1.nii.gz",
+        volumes / "pet.nii.gz",
+        "-o",
+        tmp_path / "f.nii.gz",
+        "--kind",
+        "pet",
+    )
+    result = run_cli(*args, "--window-mri=-5,-1", "-q")
+    assert result.code == 0
+    assert (
+        result.stderr.startswith("notice: the MRI window -5..-1")
+        and "0 % of its non-zero voxels" in result.stderr
+    )
+    assert run_cli(*args, "--window-mri", "0,900", "-q", "--overwrite").stderr == ""
