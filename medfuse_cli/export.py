@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import io
 import json
 import logging
 import re
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -219,6 +221,29 @@ def _require(*packages: str) -> None:
         raise MedfuseError(f"ONNX export needs {', '.join(missing)} (the onnx extra): {_PIP_HINT}")
 
 
+def check_installed(purpose: str, *packages: str) -> None:
+    """Check that the optional ``packages`` can be imported, without importing them (onnxscript
+    alone takes a second to import, and a cached export never needs it).
+
+    A package set to None in ``sys.modules`` (how a test hides one) counts as missing.
+
+    Args:
+        purpose: what needs them, for the message (``--backend onnxruntime``).
+
+    Raises:
+        MedfuseError: one line naming the missing packages and ``pip install 'medfuse[onnx]'``.
+    """
+    missing = []
+    for package in packages:
+        if package in sys.modules:
+            if sys.modules[package] is None:
+                missing.append(package)
+        elif importlib.util.find_spec(package) is None:
+            missing.append(package)
+    if missing:
+        raise MedfuseError(f"{purpose} needs {', '.join(missing)} (the onnx extra): {_PIP_HINT}")
+
+
 def check_opset(opset: int) -> int:
     """``opset`` if torch's exporter writes it (``MIN_OPSET`` to ``MAX_OPSET``).
 
@@ -367,6 +392,28 @@ def set_metadata(model: onnx.ModelProto, props: Mapping[str, str], doc: str = ""
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, dict(sorted(props.items())))
     model.doc_string = doc
+
+
+def export_with_metadata(
+    network: nn.Module,
+    spec: FuserSpec,
+    record: WeightsRecord,
+    opset: int = DEFAULT_OPSET,
+    options: Mapping[str, object] | None = None,
+) -> onnx.ModelProto:
+    """``export_module`` of ``network`` with its provenance (``onnx_metadata``) and a doc string:
+    the model ``export_onnx`` writes, not yet checked against torch (``checked_session`` does).
+
+    Raises:
+        as ``export_module``.
+    """
+    proto = export_module(network, spec.name, opset)
+    set_metadata(
+        proto,
+        onnx_metadata(spec, record, opset, options),
+        f"medfuse {spec.name} fuser ({record.name}): anatomical and functional Y in [0, 1] -> fused Y",
+    )
+    return proto
 
 
 def ort_session(model: bytes | str | Path, threads: int = 1) -> Any:
@@ -582,12 +629,7 @@ def export_onnx(
     record = weights_record(spec, checkpoint, weights)
     network = create_fuser(model, checkpoint=checkpoint, weights=weights, device=device, **options)
     on_step("export")
-    proto = export_module(network, model, opset)
-    set_metadata(
-        proto,
-        onnx_metadata(spec, record, opset, options),
-        f"medfuse {model} fuser ({record.name}): anatomical and functional Y in [0, 1] -> fused Y",
-    )
+    proto = export_with_metadata(network, spec, record, opset, options)
     data = proto.SerializeToString()
     on_step("check")
     _, difference = checked_session(network, model, data)

@@ -28,8 +28,10 @@ from medfuse_cli.colormaps import DEFAULT_COLORMAP, check_colormap, colormap_lum
 from medfuse_cli.devices import resolve_device
 from medfuse_cli.errors import InputError, MedfuseError
 from medfuse_cli.fusers import check_weights_choice, get_fuser_spec, load_weights
-from medfuse_cli.fusers.registry import CT, FUNCTIONAL
+from medfuse_cli.fusers.registry import CT, FUNCTIONAL, check_fuser_inputs
 from medfuse_cli.io import DEFAULT_MAX_PIXELS, LoadedImage, read_image, write_png
+from medfuse_cli.onnx_runtime import ONNXRUNTIME, TORCH, check_backend, require_onnx_packages
+from medfuse_cli.onnx_runtime import session_for as onnx_session_for
 from medfuse_cli.runtime import keep_heap_memory
 from medfuse_cli.volume_fusion import SECOND_KINDS
 from medfuse_cli.windows import CT_PRESETS, Window, parse_range
@@ -495,15 +497,22 @@ class Fusion:
         device: ``auto``, ``cpu``, ``cuda`` (or a ``torch.device``); CUDA that is absent is an error.
         checkpoint: a shipped checkpoint for every pair (default: per pair, from its kind).
         weights: a safetensors file for every pair instead of a shipped checkpoint.
-        threads: torch CPU threads during fusion (default: the fuser's measured choice).
+        threads: torch CPU threads during fusion (default: the fuser's measured choice); with
+            ``onnxruntime``, the session's intra-op threads.
         options: fuser-specific settings, e.g. ``{"temperature": 30.0}`` for LYWNet.
         pretrained: False builds networks with untrained weights: for timing only, never for
             images anyone looks at (``medfuse benchmark`` says so in its rows).
+        backend: ``torch`` (the module) or ``onnxruntime``: the network's ONNX export, as
+            ``medfuse export`` writes it for the same weights and options, in an ONNX Runtime
+            CPU session (``medfuse_cli.onnx_runtime``: exported once per checkpoint and cached).
+            Networks only, CPU only (``auto`` is the CPU); needs the onnx extra.
 
     Raises:
         InputError: unknown model or checkpoint, weights or a checkpoint for a classical rule,
-            both a checkpoint and weights, or threads below 1.
+            both a checkpoint and weights, threads below 1, an unknown backend, or
+            ``onnxruntime`` with a classical rule or a CUDA device.
         DeviceError: an unavailable device.
+        MedfuseError: ``onnxruntime`` without the onnx extra installed.
     """
 
     def __init__(
@@ -515,9 +524,13 @@ class Fusion:
         threads: int | None = None,
         options: dict | None = None,
         pretrained: bool = True,
+        backend: str = TORCH,
     ) -> None:
         keep_heap_memory()  # tensors reuse freed pages instead of faulting in new ones each call
         self.spec = get_fuser_spec(model)
+        self.backend = check_backend(backend, self.spec, device)
+        if backend == ONNXRUNTIME and str(device) == "auto":
+            device = "cpu"  # the session runs on the CPU; the module is exported from there
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         if threads is not None and threads < 1:
             raise InputError(f"--threads must be at least 1, got {threads}")
@@ -528,6 +541,9 @@ class Fusion:
         self.spec.check_options(self.options)
         self.pretrained = pretrained
         self._modules: dict[str | None, nn.Module] = {}
+        self._sessions: dict[str | None, object] = {}
+        if self.backend == ONNXRUNTIME:
+            require_onnx_packages()  # one line before any work, not one per pair
 
     def checkpoint_for(self, kind: str) -> str | None:
         """What a pair of ``kind`` is fused with: a checkpoint name, ``--weights PATH``, or None
@@ -553,12 +569,37 @@ class Fusion:
             self._modules[key] = self.spec.build(loaded, **self.options).eval().to(self.device)
         return self._modules[key]
 
+    def session_for(self, kind: str) -> object:
+        """The ONNX Runtime session for pairs of ``kind`` (backend ``onnxruntime``), made once:
+        the export of ``module_for(kind)`` from the user cache, or exported now and cached
+        (``onnx_runtime.session_for``), with ``describe()["threads"]`` intra-op threads.
+
+        Raises:
+            MedfuseError: the onnx extra is missing; CheckpointError: the weights cannot be
+                read; InputError: the export fails or does not reproduce torch.
+        """
+        key = self.checkpoint_for(kind)
+        if key not in self._sessions:
+            with self.thread_scope():  # tracing and checking the module are torch work
+                self._sessions[key] = onnx_session_for(
+                    self.spec,
+                    key or self.spec.name,
+                    None if self.weights is not None or not self.pretrained else key,
+                    self.weights,
+                    self.options,
+                    self.describe()["threads"],
+                    lambda: self.module_for(kind),
+                    pretrained=self.pretrained,
+                )
+        return self._sessions[key]
+
     def describe(self) -> dict:
-        """Model, device and threads, for summaries and ``--json``."""
+        """Model, device, threads and backend, for summaries and ``--json``."""
         return {
             "model": self.spec.name,
             "device": str(self.device),
             "threads": self.threads or torch.get_num_threads(),
+            "backend": self.backend,
         }
 
     @contextmanager
@@ -588,6 +629,8 @@ class Fusion:
             MedfuseError: the fuser produced non-finite values (never written).
         """
         _check_planes(anatomical, functional)
+        if self.backend == ONNXRUNTIME:
+            return self._fuse_y_onnxruntime(anatomical, functional, kind)
         single = anatomical.ndim == 2
         module = self.module_for(kind)
         with self.thread_scope():  # every tensor operation, checks and copies included
@@ -599,6 +642,31 @@ class Fusion:
             if not bool(torch.isfinite(fused).all()):
                 raise MedfuseError(f"{self.spec.name} produced NaN or infinite values; nothing was written")
             result = fused.clamp(0.0, 1.0).float().cpu().numpy()
+        return result[0] if single else result
+
+    def _fuse_y_onnxruntime(self, anatomical: np.ndarray, functional: np.ndarray, kind: str) -> np.ndarray:
+        """``fuse_y`` through the ONNX Runtime session: the same checks before (the fuser's
+        ``check_fuser_inputs``) and after (non-finite values, clamp), and one ``session.run``
+        per pair, so a pair's bytes never depend on the batch it came in."""
+        from medfuse_cli.export import INPUT_NAMES, OUTPUT_NAME
+
+        session = self.session_for(kind)
+        single = anatomical.ndim == 2
+        a = np.ascontiguousarray(anatomical, dtype=np.float32)  # as torch's .to(float32) rounds
+        b = np.ascontiguousarray(functional, dtype=np.float32)
+        if single:
+            a, b = a[None], b[None]
+        a, b = a[:, None], b[:, None]  # (N, 1, H, W)
+        with self.thread_scope():
+            check_fuser_inputs(self.spec.name, self.spec.min_size, torch.from_numpy(a), torch.from_numpy(b))
+        runs = [
+            session.run([OUTPUT_NAME], {INPUT_NAMES[0]: a[i : i + 1], INPUT_NAMES[1]: b[i : i + 1]})[0]
+            for i in range(a.shape[0])
+        ]
+        fused = np.concatenate(runs)[:, 0] if runs else np.empty(a.shape[:1] + a.shape[2:], np.float32)
+        if not np.isfinite(fused).all():
+            raise MedfuseError(f"{self.spec.name} produced NaN or infinite values; nothing was written")
+        result = np.clip(fused, 0.0, 1.0).astype(np.float32, copy=False)
         return result[0] if single else result
 
     def fuse_pairs(self, pairs: list[Pair]) -> list[np.ndarray | MedfuseError]:
@@ -613,6 +681,8 @@ class Fusion:
         for index, pair in enumerate(pairs):
             groups.setdefault((pair.anatomical_y.shape, pair.kind), []).append(index)
         for (_, kind), indices in groups.items():
+            if self.backend == ONNXRUNTIME:
+                self.session_for(kind)  # a failed export stops the run (one error), not each pair
             try:
                 fused = self.fuse_y(
                     np.stack([pairs[i].anatomical_y for i in indices]),

@@ -47,6 +47,7 @@ from medfuse_cli.bench.measure import (
 from medfuse_cli.errors import CheckpointError, InputError, MedfuseError
 from medfuse_cli.fusers import get_fuser_spec
 from medfuse_cli.fusers.registry import FUNCTIONAL
+from medfuse_cli.onnx_runtime import BACKENDS
 from medfuse_cli.pipeline import Fusion, load_pair, write_fused
 from medfuse_cli.volume_fusion import VolumeOptions, fuse_volumes
 from medfuse_cli.volumes import read_volume, write_nifti
@@ -60,7 +61,6 @@ EXAMPLE_PAIRS = (
     ("CT-MRI", "CT", "16011"),
 )
 FLOW_PAIR = EXAMPLE_PAIRS[0]  # colour functional image: the flow converts colour both ways
-BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)

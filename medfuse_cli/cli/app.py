@@ -93,9 +93,12 @@ def _root(
 def _show_notices() -> None:
     """Library notices (logger ``medfuse_cli``, e.g. an unreachable Hub) as ``notice: …`` lines on
     stderr; a Python user of medfuse configures logging as they like instead."""
+    logger = logging.getLogger("medfuse_cli")
+    for old in [h for h in logger.handlers if getattr(h, "medfuse_notices", False)]:
+        logger.removeHandler(old)  # main() ran before in this process: one line per notice, on today's stderr
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("notice: %(message)s"))
-    logger = logging.getLogger("medfuse_cli")
+    handler.medfuse_notices = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False

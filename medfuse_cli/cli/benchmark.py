@@ -55,12 +55,7 @@ def benchmark(
         help="Also time the whole volume flow (read two .nii.gz, window, fuse, write) on --size² × N slices; 0: off.",
     ),
     threads: int | None = options.THREADS,
-    backend: str = typer.Option(
-        "torch",
-        "--backend",
-        help="torch, or onnxruntime: time each network's ONNX export (as `medfuse export` writes it) in an "
-        "ONNX Runtime CPU session with --threads intra-op threads; per-call rows only; without -m, every network.",
-    ),
+    backend: str = options.BACKEND,
     checkpoint: str | None = options.CHECKPOINT,
     weights: Path | None = options.WEIGHTS,
     as_json: bool = options.JSON,
@@ -70,7 +65,7 @@ def benchmark(
 
     --checkpoint and --weights apply to the one network model benchmarked (the rules beside it
     take none). --backend onnxruntime times the networks' ONNX exports instead (rows
-    <name>+onnxruntime; needs the onnx extra).
+    <name>+onnxruntime, per call only; without -m, every network; needs the onnx extra).
     """
     from medfuse_cli.bench.measure import TimingBudget
     from medfuse_cli.bench.plan import BenchPlan, check_backend, run_benchmark

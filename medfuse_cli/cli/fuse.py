@@ -36,6 +36,7 @@ def fuse(
     model: str = options.MODEL,
     device: str = options.DEVICE,
     threads: int | None = options.THREADS,
+    backend: str = options.BACKEND,
     checkpoint: str | None = options.CHECKPOINT,
     weights: Path | None = options.WEIGHTS,
     temperature: float | None = typer.Option(
@@ -117,7 +118,7 @@ def fuse(
         if not source.exists():
             raise InputError(f"file not found: {source}")
     fuser_options = {} if temperature is None else {"temperature": temperature}
-    fusion = Fusion(model, device, checkpoint, weights, threads, fuser_options)
+    fusion = Fusion(model, device, checkpoint, weights, threads, fuser_options, backend=backend)
     check_chroma(chroma)  # an unknown value fails before any work
     from medfuse_cli.cli.volume import require_both_volumes
 
@@ -241,7 +242,7 @@ def _summary_line(fusion: Fusion, outcomes: list[PairOutcome], seconds: float) -
         if checkpoints:
             line += "; checkpoints " + ", ".join(f"{name} ×{n}" for name, n in sorted(checkpoints.items()))
         line += ")"
-    line += f" on {about['device']}, {about['threads']} thread(s), in {seconds:.2f} s"
+    line += f" on {about['device']} ({about['backend']}), {about['threads']} thread(s), in {seconds:.2f} s"
     skipped = sum(o.skipped for o in outcomes)
     return f"{line}; {skipped} skipped (output exists)" if skipped else line
 

@@ -2,7 +2,8 @@
 
 Every command that reads pairs (fuse, evaluate, benchmark, train) takes the ones that apply to
 it from here: ``--device``, ``--threads``, ``--resize``, ``--chroma``, ``--checkpoint``,
-``--weights``, ``--batch-size``, ``--max-pixels``; and ``--quiet``/``--json`` for its output.
+``--weights``, ``--batch-size``, ``--max-pixels``, ``--backend``; and ``--quiet``/``--json`` for
+its output.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ THREADS: int | None = typer.Option(
     min=1,
     max=1024,
     help="CPU threads for torch while fusing [default: the fuser's measured choice: 1 for lwnet and the rules, all cores for lywnet].",
+)
+BACKEND = typer.Option(
+    "torch",
+    "--backend",
+    help="Where a network runs: torch, or onnxruntime: its ONNX export (as `medfuse export` writes it for the same "
+    "weights) in an ONNX Runtime CPU session with --threads intra-op threads; networks only, CPU only; needs "
+    "pip install 'medfuse[onnx]'. fuse exports once per checkpoint into a cache ($MEDFUSE_CACHE, default "
+    "~/.cache/medfuse/onnx); benchmark exports and times it per call.",
 )
 RESIZE = typer.Option(
     False, "--resize", help="Resize the second image to the MRI's size (bicubic) instead of refusing."

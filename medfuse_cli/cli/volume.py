@@ -66,7 +66,8 @@ class VolumeRun:
             parts.append(f"checkpoint {self.checkpoint}")
         return (
             f"fused {fused.mri.shape[2]} slices ({fused.mri.describe_grid()}) with {about['model']}: "
-            f"{'; '.join(parts)}; on {about['device']}, {about['threads']} thread(s), in {self.seconds:.2f} s"
+            f"{'; '.join(parts)}; on {about['device']} ({about['backend']}), {about['threads']} thread(s), "
+            f"in {self.seconds:.2f} s"
         )
 
 
