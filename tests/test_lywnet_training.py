@@ -18,6 +18,7 @@ from medfuse_cli.training.lywnet_trainer import (
     STATE_FILE,
     WEIGHTS_FILE,
     augment,
+    augmentation_draws,
     autoencoder_loss,
     finalize_checkpoint,
     learning_rate_at,
@@ -73,6 +74,20 @@ def test_augment_gives_seeded_square_crops_in_range(shape: tuple[int, int, int])
     assert first.shape == (1, 8, 8)
     assert torch.equal(first, again)
     assert first.min() >= 0 and first.max() <= 1
+
+
+@pytest.mark.parametrize("shape", [(1, 40, 40), (1, 37, 60), (1, 60, 37)])
+def test_augmentation_draws_move_the_generator_as_augment_does(shape: tuple[int, int, int]) -> None:
+    """A process that augments only its share of a batch draws the other images' augmentation
+    without the pixel work (``augmentation_draws``): the next image's augmentation is the same."""
+    y, following = torch.rand(shape), torch.rand(1, 30, 30)
+    augmented, drawn = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    augment(y, 8, augmented)
+    turns, rescaled, resized, top, left = augmentation_draws(y.shape, 8, drawn)
+    assert torch.equal(augment(following, 8, augmented), augment(following, 8, drawn))
+    assert min(resized) >= 8 and 0 <= top <= resized[0] - 8 and 0 <= left <= resized[1] - 8
+    height, width = shape[1:] if turns % 2 == 0 else shape[:0:-1]
+    assert rescaled[0] <= height and rescaled[1] <= width
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tiny_data: Path, tmp_path: Path) -> None:

@@ -4,13 +4,19 @@ The values come from a recipe (``--recipe``, else the network's default one; wit
 the run's own options), and every option given on the command line replaces the recipe's value;
 so the training options here default to None and their help lists each recipe's value. The
 trainers emit events (``medfuse_cli.training.events``); this module draws them on stderr.
+
+Under ``torchrun --nproc_per_node=K -m medfuse_cli train ...`` (``training.distributed``) the K
+processes train one run together; rank 0 alone draws, prints and reports an error (the others
+end with status 1 in silence).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -20,7 +26,7 @@ from rich.progress import TaskID
 from typer.models import OptionInfo
 
 from medfuse_cli.cli import options
-from medfuse_cli.errors import InputError
+from medfuse_cli.errors import InputError, MedfuseError
 from medfuse_cli.training.events import EpochFinished, EpochStarted, Event, Message, StepDone
 from medfuse_cli.training.recipes import DEFAULT_RECIPES, RECIPES
 
@@ -71,6 +77,34 @@ _RECIPE_HELP = (
 )
 
 
+def _is_main_process() -> bool:
+    """Whether this process reports: rank 0 under torchrun, or the only one (a malformed ``RANK``
+    counts as rank 0, so that the training reports it)."""
+    from medfuse_cli.training.distributed import environment_rank  # imports torch: not for --help
+
+    try:
+        return environment_rank() == 0
+    except MedfuseError:
+        return True
+
+
+def _reported_by_rank_zero(command: Callable[..., None]) -> Callable[..., None]:
+    """``command``, except that under torchrun a process other than rank 0 ends an error with
+    status 1 and no message: rank 0 reports it (every process fails alike, see ``World.agree``)."""
+
+    @functools.wraps(command)
+    def run(*args: object, **kwargs: object) -> None:
+        try:
+            command(*args, **kwargs)
+        except MedfuseError:
+            if _is_main_process():
+                raise
+            raise typer.Exit(1) from None
+
+    return run
+
+
+@_reported_by_rank_zero
 def train(
     data: list[Path] | None = typer.Argument(
         None,
@@ -174,7 +208,11 @@ def train(
     ),
     quiet: bool = options.QUIET,
 ) -> None:
-    """Train a fusion network from a recipe; state is saved after every epoch, so a run can be resumed."""
+    """Train a fusion network from a recipe; state is saved after every epoch, so a run can be resumed.
+
+    Several processes: torchrun --nproc_per_node=K -m medfuse_cli train ... (the global batch stays
+    --batch-size; rank 0 writes and prints).
+    """
     candidates_given = bool(label_fuser or label_dir)
     given = [
         ("--epochs", "epochs", epochs, _BOTH),
@@ -221,6 +259,7 @@ def train(
         resume=resume,
         max_minutes=max_minutes,
     )
+    quiet = quiet or not _is_main_process()
     with _Screen(quiet) as screen:
         weights = start.trainer.train(replace(start.config, **changes), settings, screen)
     if not quiet:

@@ -10,5 +10,7 @@ One job per module:
 - ``patches``: training pairs and patches; ``losses``: differentiable scores and losses;
 - ``labels``: SPI's candidate labels, scores and label set; ``spi``: the SPI loop (LWNet);
 - ``lywnet_trainer``: LYWNet's autoencoder training; ``trainers``: which trainer trains which
-  ``--model``.
+  ``--model``;
+- ``distributed``: training in several processes under torchrun (shares of each batch, rank 0
+  writes, failures agreed on).
 """

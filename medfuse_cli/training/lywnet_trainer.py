@@ -17,6 +17,12 @@ a held-out loss per epoch, a start from one of our checkpoints (``init``) and pe
 normalisation while training (``train_norm="image"``: the network trained is then the one that
 fuses, where batch statistics train a slightly different one) (``LYWNetConfig``). The run (folder, resume, budget, provenance,
 events) is ``training.run.Run``.
+
+Under torchrun (``training.distributed``) every process draws the order and the augmentation of
+the whole global batch from the same generator and augments only its share; the batch statistics
+of ``train_norm="batch"`` are those of the global batch, summed over the processes
+(``DistributedImageNorm``), so K processes train what one does, up to float rounding. The
+held-out loss is computed on rank 0.
 """
 
 from __future__ import annotations
@@ -28,11 +34,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from medfuse_cli.errors import CheckpointError, InputError
 from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, ImageNorm, LYWNet
 from medfuse_cli.training.config import LYWNetConfig
+from medfuse_cli.training.distributed import SINGLE, World, sum_over_processes
 from medfuse_cli.training.events import Listener, StepDone, ignore
 from medfuse_cli.training.patches import load_pairs
 from medfuse_cli.training.run import Run, RunFiles, RunSettings
@@ -58,17 +65,31 @@ def autoencoder_loss(out: Tensor, target: Tensor) -> tuple[Tensor, dict[str, flo
 
 def augment(y: Tensor, size: int, generator: torch.Generator) -> Tensor:
     """One (1, H, W) Y image -> (1, size, size): random 90-degree turn, rescale, resize, crop."""
-    y = torch.rot90(y, int(torch.randint(4, (1,), generator=generator)), dims=(1, 2))
-    scale = 0.5 + 0.5 * float(torch.rand((), generator=generator))
-    height, width = y.shape[-2:]
-    rescaled = (max(1, int(height * scale)), max(1, int(width * scale)))
+    turns, rescaled, resized, top, left = augmentation_draws(y.shape, size, generator)
+    y = torch.rot90(y, turns, dims=(1, 2))
     y = F.interpolate(y[None], size=rescaled, mode="bicubic", antialias=True, align_corners=False)
+    y = F.interpolate(y, size=resized, mode="bilinear", antialias=True, align_corners=False)[0]
+    return y[:, top : top + size, left : left + size].clamp(0.0, 1.0)
+
+
+def augmentation_draws(
+    shape: torch.Size, size: int, generator: torch.Generator
+) -> tuple[int, tuple[int, int], tuple[int, int], int, int]:
+    """``augment``'s random draws for an image of ``shape``, and the sizes they give: quarter
+    turns, the rescaled and the resized (height, width), the crop's top and left.
+
+    Drawing them without the pixel work moves ``generator`` as ``augment`` would: a process that
+    augments only its share of a batch draws the others' images this way.
+    """
+    turns = int(torch.randint(4, (1,), generator=generator))
+    scale = 0.5 + 0.5 * float(torch.rand((), generator=generator))
+    height, width = shape[-2:] if turns % 2 == 0 else (shape[-1], shape[-2])
+    rescaled = (max(1, int(height * scale)), max(1, int(width * scale)))
     short = min(rescaled)
     resized = (max(size, round(rescaled[0] * size / short)), max(size, round(rescaled[1] * size / short)))
-    y = F.interpolate(y, size=resized, mode="bilinear", antialias=True, align_corners=False)[0]
     top = int(torch.randint(resized[0] - size + 1, (1,), generator=generator))
     left = int(torch.randint(resized[1] - size + 1, (1,), generator=generator))
-    return y[:, top : top + size, left : left + size].clamp(0.0, 1.0)
+    return turns, rescaled, resized, top, left
 
 
 def learning_rate_at(config: LYWNetConfig, step: int, total_steps: int) -> float:
@@ -163,16 +184,19 @@ def train_lywnet(config: LYWNetConfig, settings: RunSettings, on_event: Listener
         for norm in model.modules():
             if isinstance(norm, ImageNorm):
                 norm.batch_statistics_in_training = config.train_norm == "batch"
+        if run.world.distributed:
+            distributed_norms(model)
         model = model.train().to(run.device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
         run.restore(model, optimizer)
         run.progress.setdefault("log", [])
         run.progress.setdefault("images", len(images))
+        network = run.distribute(Autoencoder(model))
 
         def train_epoch(epoch: int) -> dict[str, float]:
-            entry = _train_epoch(model, optimizer, images, config, epoch, run.emit)
+            entry = _train_epoch(network, optimizer, images, config, epoch, run.emit, run.world)
             if monitor is not None:
-                entry["held_out"] = held_out_loss(model, monitor)
+                entry["held_out"] = run.world.agree(lambda: held_out_loss(model, monitor), main_only=True)
             run.progress["log"].append(entry)
             return _summary(entry)
 
@@ -210,33 +234,98 @@ def _held_out(config: LYWNetConfig) -> Tensor:
     return held_out_batch(images, config.size)
 
 
+class Autoencoder(nn.Module):
+    """LYWNet's training task as a module (``forward`` = ``LYWNet.autoencode``), for DDP, which
+    synchronises gradients through ``forward`` only. Its state is the network's under ``network.``."""
+
+    def __init__(self, network: LYWNet) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, y: Tensor) -> Tensor:
+        """(N, 1, H, W) Y images, H and W multiples of 4 -> their reconstructions, same shape."""
+        return self.network.autoencode(y)
+
+
+class DistributedImageNorm(ImageNorm):
+    """``ImageNorm`` for a run in several processes.
+
+    Batch statistics in training are the global batch's: each process sums its share's values
+    per channel, the sums are added over the processes (differentiably, so gradients flow
+    through the shared statistics as in one process), then the mean and, in a second pass, the
+    biased variance of all the values normalise the share. An empty share (a last batch smaller
+    than the number of processes) adds nothing and passes through, also with per-image
+    statistics (which ``F.instance_norm`` cannot take empty). Otherwise as ``ImageNorm``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """As ``ImageNorm.forward``; batch statistics are over every process's share of the batch."""
+        channels = x.shape[1]
+        weight, bias = self.weight.view(1, channels, 1, 1), self.bias.view(1, channels, 1, 1)
+        if not (self.training and self.batch_statistics_in_training):
+            return x * weight + bias if x.numel() == 0 else super().forward(x)
+        count = x.new_tensor([x.numel() // channels])
+        sums = sum_over_processes(torch.cat([x.sum(dim=(0, 2, 3)), count]))
+        mean = (sums[:channels] / sums[channels]).view(1, channels, 1, 1)
+        centred = x - mean
+        variance = sum_over_processes(centred.pow(2).sum(dim=(0, 2, 3))) / sums[channels]
+        return centred * torch.rsqrt(variance + self.eps).view(1, channels, 1, 1) * weight + bias
+
+
+def distributed_norms(model: nn.Module) -> None:
+    """Make every ``ImageNorm`` of ``model`` a ``DistributedImageNorm`` with the same parameters
+    (the same tensors, names and order, so the state and the optimizer are unchanged), for a run
+    in several processes. A norm shared between modules stays shared."""
+    replacements: dict[int, DistributedImageNorm] = {}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not ImageNorm:
+                continue
+            if id(child) not in replacements:
+                norm = DistributedImageNorm(child.num_features)
+                norm.weight, norm.bias, norm.eps = child.weight, child.bias, child.eps
+                norm.batch_statistics_in_training = child.batch_statistics_in_training
+                norm.train(child.training)
+                replacements[id(child)] = norm
+            setattr(parent, name, replacements[id(child)])
+
+
 def _train_epoch(
-    model: LYWNet,
+    network: nn.Module,
     optimizer: torch.optim.Optimizer,
     images: list[Tensor],
     config: LYWNetConfig,
     epoch: int,
     emit: Listener,
+    world: World = SINGLE,
 ) -> dict:
-    """One pass over every image in a seeded random order; returns the epoch's log entry."""
+    """One pass over every image in a seeded random order; returns the epoch's log entry.
+
+    ``network`` is the ``Autoencoder`` (in DDP under torchrun: then each process trains on its
+    share of every batch, see ``_step``).
+    """
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     order = torch.randperm(len(images), generator=generator).tolist()
     totals = {"loss": 0.0, "mse": 0.0, "cosine": 0.0, "edge": 0.0}
     started = time.monotonic()
-    device = next(model.parameters()).device
+    device = next(network.parameters()).device
     steps = math.ceil(len(order) / config.batch_size)
     for step, start in enumerate(range(0, len(order), config.batch_size)):
         lr = learning_rate_at(config, (epoch - 1) * steps + step, config.epochs * steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         chunk = order[start : start + config.batch_size]
-        batch = torch.stack([augment(images[i], config.size, generator) for i in chunk]).to(device)
-        loss, parts = autoencoder_loss(model.autoencode(batch), batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        for key, value in {"loss": loss.item(), **parts}.items():
-            totals[key] += value * len(chunk)
+        if world.distributed:
+            for key, value in _step(network, optimizer, images, chunk, config.size, generator, world).items():
+                totals[key] += value
+        else:
+            batch = torch.stack([augment(images[i], config.size, generator) for i in chunk]).to(device)
+            loss, parts = autoencoder_loss(network(batch), batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for key, value in {"loss": loss.item(), **parts}.items():
+                totals[key] += value * len(chunk)
         done = start + len(chunk)
         emit(StepDone(epoch, step + 1, steps, totals["loss"] / done, done / (time.monotonic() - started)))
     seconds = time.monotonic() - started
@@ -245,6 +334,47 @@ def _train_epoch(
         epoch=epoch, seconds=round(seconds, 1), images_per_second=round(len(order) / seconds, 2), lr=lr
     )
     return entry
+
+
+def _step(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: list[Tensor],
+    chunk: list[int],
+    size: int,
+    generator: torch.Generator,
+    world: World,
+) -> dict[str, float]:
+    """One Adam step of one of several processes on its share of the global batch ``chunk``.
+
+    The augmentation of the whole batch is drawn (only the share's pixels are computed), so the
+    generator moves as in one process. The share's mean loss is weighted so that DDP's average
+    of the gradients is the whole batch's; an empty share runs an empty batch with a zero loss.
+
+    Returns:
+        The batch's loss and its parts, each summed over its images (as one process sums them).
+    """
+    device = next(network.parameters()).device
+    crops = []
+    for position, index in enumerate(chunk):
+        if position % world.size == world.rank:
+            crops.append(augment(images[index], size, generator))
+        else:
+            augmentation_draws(images[index].shape, size, generator)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    if crops:
+        batch = torch.stack(crops).to(device)
+        loss, parts = autoencoder_loss(network(batch), batch)
+        sums += torch.tensor(
+            [loss.item(), parts["mse"], parts["cosine"], parts["edge"]], device=device
+        ) * len(crops)
+        loss = loss * world.loss_weight(len(crops), len(chunk))
+    else:
+        loss = network(torch.zeros(0, 1, size, size, device=device)).sum()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return dict(zip(("loss", "mse", "cosine", "edge"), world.sum(sums).tolist(), strict=True))
 
 
 def _summary(entry: dict) -> dict[str, float]:

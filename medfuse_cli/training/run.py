@@ -9,13 +9,18 @@ every epoch. ``Run`` is one session of such a run:
 - it sets torch's CPU thread count for the session (a resume reuses the run's unless told);
 - ``train`` loops over epochs, saving after each, and stops between epochs once the next one
   would overrun ``--max-minutes``, judged by the previous epoch's duration on an injectable clock;
-- it hands events (``training.events``) to a listener instead of drawing anything.
+- it hands events (``training.events``) to a listener instead of drawing anything;
+- under torchrun it is one of several processes (``training.distributed``): rank 0 alone makes
+  the folder, writes and emits events (the others' listener is ``ignore``), every process reads
+  a resumed run, the checks and saves are agreed on so that all fail or none, and rank 0's clock
+  decides whether another epoch fits the budget.
 
 A trainer supplies the model, the optimizer, one epoch's work and its own metadata::
 
     with Run(settings, RUN_FILES, config, on_event) as run:
         model, optimizer = ..., ...
         run.restore(model, optimizer)
+        network = run.distribute(model)  # what train_epoch calls: DDP under torchrun, else model
         return run.train(model, optimizer, config.epochs, train_epoch, metadata)
 """
 
@@ -30,9 +35,9 @@ from types import TracebackType
 import torch
 from safetensors import SafetensorError, safe_open
 
-from medfuse_cli.devices import resolve_device
 from medfuse_cli.errors import CheckpointError, InputError
 from medfuse_cli.output_folders import create_folder, remove_if_empty
+from medfuse_cli.training import distributed
 from medfuse_cli.training.config import Config, config_from_json
 from medfuse_cli.training.events import EpochFinished, EpochStarted, Listener, Message, ignore
 from medfuse_cli.training.provenance import Provenance, git_commit
@@ -65,7 +70,8 @@ class RunSettings:
         recipe: the recipe the config's values came from (recorded), or None. On resume: None
             means the run's own; another is refused.
         command: the command line, recorded (a new run's, or appended as a resumed session).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; an absent CUDA is an error.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; an absent CUDA is an error. Under
+            torchrun CUDA is each process's ``cuda:LOCAL_RANK``.
         threads: torch CPU threads for the session; None: the run's own on resume, else
             torch's default.
         resume: continue the run saved in ``out``.
@@ -113,7 +119,7 @@ class Run:
         files: the trainer's run-folder files.
         config: the trainer's config; on resume it must equal the run's own except for the
             config type's ``CHANGEABLE_ON_RESUME`` fields.
-        on_event: receives every event of the session.
+        on_event: receives every event of the session (on rank 0; other ranks emit nothing).
 
     Raises:
         InputError: a new run in a folder that holds one (or is a file), no data for a new run,
@@ -122,6 +128,8 @@ class Run:
         DeviceError: ``settings.device`` is CUDA on a machine without it (an unknown device
             name is an InputError).
         CheckpointError: the run's files cannot be read back.
+
+    Under torchrun, the error of any process is raised by all of them (see ``distributed.World.agree``).
     """
 
     def __init__(self, settings: RunSettings, files: RunFiles, config: Config, on_event: Listener = ignore):
@@ -129,21 +137,31 @@ class Run:
             raise InputError("--max-minutes must be at least 0")
         self.out = Path(settings.out)
         self.files = files
-        self.emit = on_event
-        self.device = resolve_device(settings.device)
+        self.device = distributed.process_device(settings.device)
+        self.world = distributed.start(self.device)
+        self.emit = on_event if self.world.is_main else ignore
+        self._setting_up = True  # until ``distribute``: a failing process tells the others
+        self._created: list[Path] = []  # folders this run made (removed again if it fails empty)
+        try:
+            self._open(settings, config)
+        except BaseException as error:
+            remove_if_empty(self._created)
+            self.world.close(error)
+            raise
+
+    def _open(self, settings: RunSettings, config: Config) -> None:
         self._max_minutes = settings.max_minutes
         self._clock = settings.clock
         self._started = self._clock()
         self._state: TrainingState | None = None
-        self._created: list[Path] = []  # folders this run made (removed again if it fails empty)
         if settings.resume:
-            self._state, stored = self._open_existing(settings, config)
+            self._state, stored = self.world.agree(lambda: self._open_existing(settings, config))
             self.progress = self._state.progress
             self.threads = settings.threads or stored.threads or torch.get_num_threads()
             resumed = stored.resumed_by(settings.command, self.progress["epochs_done"], self.threads)
             self.provenance = replace(resumed, config=asdict(config))
         else:
-            self._open_new(settings)
+            self.world.agree(lambda: self._open_new(settings))
             self.progress = {"epochs_done": 0, "seconds": 0.0}
             self.threads = settings.threads or torch.get_num_threads()
             self.provenance = Provenance(
@@ -202,7 +220,8 @@ class Run:
             )
         if not settings.data:
             raise InputError("no training data: give the training pair folder(s)")
-        self._created = create_folder(self.out)
+        if self.world.is_main:
+            self._created = create_folder(self.out)
 
     def __enter__(self) -> Run:
         torch.set_num_threads(self.threads)
@@ -212,8 +231,20 @@ class Run:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         torch.set_num_threads(self._threads_before)
-        if error is not None:  # a run that failed before saving anything leaves no folder it made
-            remove_if_empty(self._created)
+        try:
+            if (
+                error is not None
+                and self._setting_up
+                and not distributed.is_agreed(error)
+                and self.world.distributed
+            ):
+                # the others wait in ``distribute``'s agreement: fail there too
+                self.world.exchange(error if isinstance(error, Exception) else InputError("interrupted"))
+                distributed.mark_agreed(error)
+        finally:
+            if error is not None:  # a run that failed before saving anything leaves no folder it made
+                remove_if_empty(self._created)
+            self.world.close(error)
 
     @property
     def resumed(self) -> bool:
@@ -239,25 +270,50 @@ class Run:
             model.load_state_dict(self._state.model)
             optimizer.load_state_dict(self._state.optimizer)
 
+    def distribute(self, module: torch.nn.Module) -> torch.nn.Module:
+        """End the set-up: once every process has set up without error, ``module`` ready to train.
+
+        Call it once, after the model is restored and before training. Under torchrun it first
+        agrees that no process failed while setting up (a failing one raises in ``__exit__``
+        and the others here), then wraps ``module`` in DistributedDataParallel; for one process
+        it returns ``module`` itself.
+        """
+        self.world.agree(lambda: None)
+        self._setting_up = False
+        return self.world.wrap(module, self.device)
+
+    def on_main(self, write: Callable[[], None]) -> None:
+        """Call ``write`` on rank 0 alone; every process returns when it is done, or raises its error."""
+        self.world.agree(write, main_only=True)
+
     def save(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, metadata: Mapping[str, str]
     ) -> None:
         """Write the state (to resume) and the weights (to use) with the trainer's ``metadata``
         and the run's provenance, epochs, wall time and device.
 
+        Under torchrun, rank 0 writes and the others wait for it; the weights record the number
+        of processes (``processes``, absent for one).
+
         Raises:
             OSError: a file cannot be written.
         """
         self.progress["seconds"] = round(self.seconds(), 1)
-        save_training_state(self.out / self.files.state, model, optimizer, self.progress)
-        record = {
-            **metadata,
-            **self.provenance.metadata(self.files.config_key),
-            "epochs": str(self.progress["epochs_done"]),
-            "wall_time_minutes": f"{self.progress['seconds'] / 60:.1f}",
-            "device": str(self.device),
-        }
-        write_checkpoint(self.out / self.files.weights, model.state_dict(), record)
+
+        def write() -> None:
+            save_training_state(self.out / self.files.state, model, optimizer, self.progress)
+            record = {
+                **metadata,
+                **self.provenance.metadata(self.files.config_key),
+                "epochs": str(self.progress["epochs_done"]),
+                "wall_time_minutes": f"{self.progress['seconds'] / 60:.1f}",
+                "device": str(self.device),
+            }
+            if self.world.distributed:
+                record["processes"] = str(self.world.size)
+            write_checkpoint(self.out / self.files.weights, model.state_dict(), record)
+
+        self.on_main(write)
 
     def train(
         self,
@@ -288,7 +344,7 @@ class Run:
         between_epochs()
         while self.progress["epochs_done"] < epochs:
             epoch = self.progress["epochs_done"] + 1
-            if not self._time_for_another_epoch():
+            if not self.world.broadcast(self._time_for_another_epoch()):  # rank 0's clock decides
                 if epoch == 1:  # nothing saved: there is no run to resume
                     raise InputError("no epoch finished: raise --max-minutes")
                 self.message(

@@ -18,6 +18,12 @@ The run (folder, resume, budget, provenance, events) is ``training.run.Run``. St
 after every epoch and after every label update, so a resume continues exactly: per-epoch
 shuffles come from (seed, epoch), and a pending label update is recomputed from the saved
 weights, which gives the same labels.
+
+Under torchrun (``training.distributed``) every process holds the pairs, the candidates and the
+initial labels (computed alike on each: deterministic), trains on its share of each global
+batch, and runs the network on its share of the patches at a label update; the outputs and their
+scores are gathered so that every process offers the same outputs in the same order and holds the
+same label set. Validation runs on rank 0, which alone writes.
 """
 
 from __future__ import annotations
@@ -104,7 +110,8 @@ def train_lwnet(config: SPIConfig, settings: RunSettings, on_event: Listener = i
             if len(log) > len(run.progress["log"]):  # the update was saved, the state after it not
                 run.progress["log"] = log
 
-        spi = _SPI(run, config, pairs, patches, candidates, labels, model, optimizer, val_images)
+        network = run.distribute(model)
+        spi = _SPI(run, config, pairs, patches, candidates, labels, model, network, optimizer, val_images)
         return run.train(
             model,
             optimizer,
@@ -143,11 +150,13 @@ class _SPI:
         candidates: list[list[torch.Tensor]],
         labels: LabelSet,
         model: LWNet,
+        network: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         val_images: list[int],
     ) -> None:
         self.run, self.config, self.pairs, self.patches = run, config, pairs, patches
         self.candidates, self.labels, self.model, self.optimizer = candidates, labels, model, optimizer
+        self.network = network  # what training calls: ``model``, in DDP under torchrun
         self.val_images = val_images
 
     def _crops(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,31 +166,49 @@ class _SPI:
         return a, self.patches.crop(self.pairs.functional, rows).to(device)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the labelled patches in an order fixed by (seed, epoch)."""
+        """One pass over the labelled patches in an order fixed by (seed, epoch).
+
+        Under torchrun each process trains on its share of every batch (see ``_step``).
+        """
         config = self.config
         rows = torch.nonzero(self.labels.labelled).flatten()
         # 0-based epoch in the seed, as the shipped checkpoints were trained
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch - 1)
         rows = rows[torch.randperm(len(rows), generator=generator)]
-        self.model.train()
+        self.network.train()
         steps = math.ceil(len(rows) / config.batch_size)
         total, seen, began = 0.0, 0, time.monotonic()
         for step, start in enumerate(range(0, len(rows), config.batch_size), 1):
             batch = rows[start : start + config.batch_size]
-            a, b = self._crops(batch)
-            target = self.labels.images(batch, self.patches, self.candidates).to(self.run.device)
-            loss = fusion_loss(
-                self.model(a, b), target, a, b, config.gradient_weight, config.intensity_weight
-            )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total, seen = total + loss.item(), seen + len(batch)
+            total, seen = total + self._step(batch), seen + len(batch)
             rate = seen / max(time.monotonic() - began, 1e-9)
             self.run.emit(StepDone(epoch, step, steps, total / step, rate))
         mean = total / max(steps, 1)
         self.run.progress["losses"].append(round(mean, 6))
         return {"loss": mean, "patches_per_second": seen / max(time.monotonic() - began, 1e-9)}
+
+    def _step(self, batch: torch.Tensor) -> float:
+        """One Adam step on the patches ``batch``; returns the batch's mean loss.
+
+        Under torchrun this process computes the loss of its share, weighted so that DDP's average
+        of the gradients is the whole batch's; a process whose share is empty (a last batch
+        smaller than the number of processes) runs the batch's first patch with weight 0, so that
+        it still takes part in the gradients' exchange.
+        """
+        config, world = self.config, self.run.world
+        share = world.share(batch)
+        rows = share if len(share) else batch[:1]
+        a, b = self._crops(rows)
+        target = self.labels.images(rows, self.patches, self.candidates).to(self.run.device)
+        loss = fusion_loss(self.network(a, b), target, a, b, config.gradient_weight, config.intensity_weight)
+        if world.distributed:
+            loss = loss * world.loss_weight(len(share), len(batch))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if world.distributed:  # the batch's mean loss: the weighted shares' mean over the processes
+            return world.sum(loss.detach()).item() / world.size
+        return loss.item()
 
     def between_epochs(self) -> None:
         """After the last epoch of an iteration: its validation and label update, unless done."""
@@ -200,21 +227,42 @@ class _SPI:
         labelled = self.labels.labelled
         entry["labelled"] = int(labelled.sum())
         entry["mean_label_score"] = round(float(self.labels.score[labelled].mean()), 5)
-        entry["validation"] = self._validate()
+        entry["validation"] = self.run.world.agree(self._validate, main_only=True)
         self.run.progress["log"].append(entry)
         self.labels.version = iteration
-        save_labels(self.run.out / LABELS_FILE, self.labels, self.run.progress["log"])
+        self.run.on_main(
+            lambda: save_labels(self.run.out / LABELS_FILE, self.labels, self.run.progress["log"])
+        )
         self.run.save(self.model, self.optimizer, self.metadata())
         self.run.message(_describe(entry))
 
     def _update_labels(self) -> dict[str, int]:
-        """Offer the network's output on every patch as its label (``LabelSet.offer``)."""
-        config, added, replaced = self.config, 0, 0
-        for start in range(0, len(self.patches), SCORE_BATCH):
-            rows = torch.arange(start, min(start + SCORE_BATCH, len(self.patches)))
-            a, b = self._crops(rows)
-            output = self.model(a, b)
-            scores = label_score(output, a, b, config.detail_weight)
+        """Offer the network's output on every patch as its label (``LabelSet.offer``).
+
+        Patches are run ``SCORE_BATCH`` at a time. Under torchrun each process runs its share,
+        every ``size``-th patch; each round gathers every process's outputs and scores (a
+        contiguous block of ``SCORE_BATCH`` × size patches) and every process offers them in
+        patch order, so all hold the same labels.
+        """
+        config, world, added, replaced = self.config, self.run.world, 0, 0
+        total, size = len(self.patches), self.patches.size
+        mine = world.share(torch.arange(total))
+        everyone = [torch.arange(rank, total, world.size) for rank in range(world.size)]
+        for start in range(0, math.ceil(total / world.size), SCORE_BATCH):
+            rows = mine[start : start + SCORE_BATCH]
+            if len(rows):
+                a, b = self._crops(rows)
+                output = self.model(a, b)
+                scores = label_score(output, a, b, config.detail_weight)
+            else:  # this process has no patch left in the last round
+                output = torch.zeros(0, 1, size, size, device=self.run.device)
+                scores = torch.zeros(0, device=self.run.device)
+            if world.distributed:
+                parts = [part[start : start + SCORE_BATCH] for part in everyone]
+                counts = [len(part) for part in parts]
+                rows, order = torch.cat(parts).sort()
+                output = world.all_gather(output, counts)[order]
+                scores = world.all_gather(scores, counts)[order]
             more, fewer = self.labels.offer(rows, output.cpu(), scores.cpu(), config.admit, config.displace)
             added, replaced = added + more, replaced + fewer
         return {"added": added, "replaced": replaced}
