@@ -50,11 +50,12 @@ def _json(result) -> dict:
 
 def test_json_has_exactly_the_documented_shape(run_cli, examples: Path) -> None:
     doc = _json(run_cli("evaluate", examples / "PET-MRI", "-m", "average", "--metrics", FAST, "--json", "-q"))
-    assert set(doc) == {"metrics", "methods"}
+    assert set(doc) == {"metrics", "methods", "pairs"}
+    assert doc["pairs"] == {"PET-MRI": {"metrics": doc["metrics"], "methods": doc["methods"]}}
     assert doc["metrics"] == ["SSIM", "PSNR", "Qcv"]
     method = doc["methods"]["average"]
-    assert set(method) == {"n", "mean", "std", "per_image"}
-    assert method["n"] == 2
+    assert set(method) == {"n", "n_finite", "mean", "std", "per_image"}
+    assert method["n"] == 2 and method["n_finite"] == {"SSIM": 2, "PSNR": 2, "Qcv": 2}
     assert set(method["per_image"]) == {"25022.png", "30066.png"}
     for scores in (method["mean"], method["std"], *method["per_image"].values()):
         assert set(scores) == {"SSIM", "PSNR", "Qcv"}
@@ -364,3 +365,55 @@ def test_a_report_does_not_change_the_scores(run_cli, examples: Path, tmp_path: 
     plain = _json(run_cli(*args))
     assert _json(run_cli(*args, "--report", tmp_path / "report")) == plain
     assert json.loads((tmp_path / "report" / "summary.json").read_text()) == plain
+
+
+def test_summary_json_counts_the_finite_scores_as_the_csv_and_the_page_do(run_cli, tmp_path: Path) -> None:
+    """Pair x is a perfect copy (PSNR inf), pair y is not: n is 2 images, PSNR's mean is over 1."""
+    root = _synthetic_set(tmp_path / "set", names=("x", "y"))
+    fused = tmp_path / "fused"
+    _write_gray(fused / "x.png", np.asarray(Image.open(root / "MRI" / "x.png")))
+    _write_gray(root / "CT" / "x.png", np.asarray(Image.open(root / "MRI" / "x.png")))
+    _write_gray(fused / "y.png", np.asarray(Image.open(root / "CT" / "y.png")) // 2)
+    report, out = tmp_path / "report", tmp_path / "out"
+    args = ("evaluate", root, "--fused", f"f={fused}", "--metrics", "PSNR,SSIM", "-q")
+    assert run_cli(*args, "--report", report, "--out", out).code == 0
+    for folder in (report, out):
+        doc = json.loads((folder / "summary.json").read_text())
+        method = doc["methods"]["f"]
+        assert method["n"] == 2 and method["n_finite"] == {"PSNR": 1, "SSIM": 2}
+        assert doc["pairs"] == {"CT-MRI": {"metrics": doc["metrics"], "methods": doc["methods"]}}
+        rows = {r["metric"]: r["n"] for r in csv.DictReader((folder / "summary.csv").open())}
+        assert rows == {"PSNR": "1", "SSIM": "2"}
+    assert "n = 1 of 2" in (report / "index.html").read_text(encoding="utf-8")
+
+
+def test_a_failed_overwrite_leaves_the_old_tables_as_they_were(
+    run_cli, examples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --overwrite the new files replace the old ones only once all are written: a full
+    disk at the third file leaves every old file, and no new one, in place."""
+    from medfuse_cli.errors import OutputError
+    from medfuse_cli.evaluation.files import OutputFiles
+
+    out = tmp_path / "out"
+    args = ("evaluate", examples / "CT-MRI", "-m", "average", "--metrics", FAST, "--out", out, "-q")
+    assert run_cli(*args, "--plot").code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before) == 6
+    write = OutputFiles.write
+
+    def full_disk(self, path: Path, *rest):
+        if path.name == "summary.md":
+            raise OutputError(f"cannot write {path}: No space left on device")
+        return write(self, path, *rest)
+
+    monkeypatch.setattr(OutputFiles, "write", full_disk)
+    failed = run_cli(*args, "--plot", "--overwrite", "--metrics", "SSIM")
+    assert failed.code == 1 and "No space left on device" in failed.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file left either
+    monkeypatch.undo()
+    (out / "summary.csv").unlink()
+    (out / "summary.csv").mkdir()
+    refused = run_cli(*args, "--overwrite")  # refused before scoring: a folder cannot be replaced
+    assert refused.code == 1 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith(f"error: --out: {out / 'summary.csv'} is a folder")

@@ -201,6 +201,17 @@ def test_an_existing_report_is_kept_without_overwrite(run_cli, report: Path, tmp
     assert "--gallery-pairs 2004" not in html and "named · mean" not in html
 
 
+def test_an_empty_image_folder_is_not_called_an_existing_file(run_cli, tmp_path: Path) -> None:
+    folder = tmp_path / "report"
+    (folder / "images").mkdir(parents=True)
+    refused = run_cli(*_args(folder, "-q"))
+    assert refused.code == 1 and refused.stderr.count("\n") == 1
+    assert (
+        refused.stderr
+        == f"error: --report: {folder} already holds a report's images/; pass --overwrite to replace that report\n"
+    )
+
+
 def test_a_failed_report_leaves_nothing(run_cli, tmp_path: Path) -> None:
     """The second method's images are the wrong size: the report folder the run made, with the
     sources and first method's images written meanwhile, is gone again."""
@@ -230,6 +241,10 @@ def test_a_failed_report_leaves_nothing(run_cli, tmp_path: Path) -> None:
         (("--report", "{tmp}/r", "--out", "{tmp}/r"), "error: --out and --report name one folder"),
         (("--report", "{tmp}/file.txt"), "error: --report must be a folder"),
         (("--overwrite",), "error: --overwrite replaces files that --out or --report write"),
+        (("--report", "{tmp}/r", "--gallery-pairs", ""), "error: --gallery-pairs: an empty name"),
+        (("--report", "{tmp}/r", "--gallery-pairs", ","), "error: --gallery-pairs: an empty name"),
+        (("--report", "{tmp}/r", "--gallery-pairs", "2004,"), "error: --gallery-pairs: an empty name"),
+        (("--report", "{tmp}/r", "--out", "{tmp}/r/tables"), "error: --out lies inside the --report folder"),
     ],
 )
 def test_report_options_that_cannot_work_are_one_line(
@@ -291,7 +306,7 @@ def test_ties_are_broken_by_name_and_named_pairs_match_stem_or_file_name() -> No
     result = _result({"b.png": {"x": 0.5}, "a.png": {"x": 0.5}, "c.png": {"x": 0.5}})
     assert [r.image for r in pick_rows(result, "SSIM", set())] == ["a.png", "b.png", "c.png"]
     assert pick_rows(result, "SSIM", {"b.png"})[1].reasons == ("median", "named")
-    assert check_named_pairs([result.pair_set], [" a", "b.png", ""]) == {"a", "b.png"}
+    assert check_named_pairs([result.pair_set], [" a", "b.png "]) == {"a", "b.png"}
     assert pick_rows(_result({}), "SSIM", set()) == []
 
 
@@ -378,3 +393,268 @@ def test_the_per_image_table_sorts_in_a_browser(browser: str, report: Path, tmp_
     )
     assert len(up) == len(METHODS) * 2  # the first kind's rows: methods x pairs
     assert up == sorted(up) and down == sorted(up, reverse=True) and up != down
+
+
+# --- where a report goes, and what --overwrite replaces ------------------------------------
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under ``folder``, hidden ones included."""
+    return {
+        p.relative_to(folder).as_posix(): (None if p.is_dir() else p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def _ct_args(folder: Path, *extra: object) -> tuple[object, ...]:
+    """A quick report of the CT-MRI examples (two pairs) with one classical rule."""
+    return (
+        "evaluate",
+        EXAMPLES / "CT-MRI",
+        "-m",
+        "average",
+        "--metrics",
+        METRICS,
+        "--report",
+        folder,
+        "-q",
+        *extra,
+    )
+
+
+def _linked(folder: Path) -> set[str]:
+    return {link for link in _parse(folder / "index.html").links if not link.startswith("#")}
+
+
+@pytest.mark.parametrize(
+    ("option", "where", "relation"),
+    [
+        ("--report", "data", "is the pair folder"),
+        ("--report", "data/MRI", "lies inside the pair folder"),
+        ("--report", "data/MRI/new", "lies inside the pair folder"),
+        ("--report", ".", "holds the pair folder"),
+        ("--report", "alias/report", "lies inside the pair folder"),  # alias -> data
+        ("--out", "data", "is the pair folder"),
+        ("--out", "alias/CT", "lies inside the pair folder"),
+        ("--report", "fused", "is --fused other="),
+        ("--report", "fused/report", "lies inside --fused other="),
+        ("--out", "fused/out", "lies inside --fused other="),
+    ],
+)
+def test_an_output_in_the_inputs_is_refused_before_scoring(
+    run_cli, tmp_path: Path, option: str, where: str, relation: str
+) -> None:
+    """A report written into the data became part of it: the next run scored its images as
+    pairs, or found folders that no longer pair up. Refused, links resolved, data untouched."""
+    data, fused = tmp_path / "data", tmp_path / "fused"
+    shutil.copytree(EXAMPLES / "CT-MRI", data)
+    shutil.copytree(EXAMPLES / "CT-MRI" / "MRI", fused)  # "fused" images of the right names
+    (tmp_path / "alias").symlink_to(data, target_is_directory=True)
+    before = _tree(tmp_path)
+    target = tmp_path / where
+    result = run_cli(
+        "evaluate", data, "-m", "average", "--fused", f"other={fused}", "--metrics", "SSIM", option, target
+    )
+    assert result.code == 1
+    assert result.stderr.startswith(f"error: {option} {target} {relation}"), result.stderr
+    assert result.stderr.count("\n") == 1
+    assert _tree(tmp_path) == before
+
+
+def test_a_failed_overwrite_leaves_the_old_report_as_it_was(
+    run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new report is made in a work folder and moved in only when whole: a run that fails
+    while scoring, while writing (a full disk) or while moving the report in leaves the old
+    one byte for byte, with every link working."""
+    folder = tmp_path / "report"
+    assert run_cli(*_ct_args(folder, "-m", "laplacian")).code == 0
+    before = _tree(folder)
+    wrong = tmp_path / "wrong"  # the second method's images are the wrong size: fails while scoring
+    for name in ("2004", "16011"):
+        wrong.mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(wrong / f"{name}.png")
+    failed = run_cli(*_ct_args(folder, "--fused", f"w={wrong}", "--overwrite"))
+    assert failed.code == 1 and "is 32x32" in failed.stderr
+    assert _tree(folder) == before
+
+    from medfuse_cli.errors import OutputError
+    from medfuse_cli.evaluation.files import OutputFiles
+
+    write = OutputFiles.write
+
+    def full_disk(self, path: Path, *rest):
+        if path.name == "index.html":
+            raise OutputError(f"cannot write {path}: No space left on device")
+        return write(self, path, *rest)
+
+    monkeypatch.setattr(OutputFiles, "write", full_disk)
+    failed = run_cli(*_ct_args(folder, "--overwrite"))
+    assert failed.code == 1 and "No space left on device" in failed.stderr
+    assert _tree(folder) == before
+    monkeypatch.undo()
+
+    rename = os.rename
+
+    def stuck(source, target):  # the new page cannot be moved in: every move is undone
+        if Path(source).name == "index.html" and Path(source).parent.name.startswith(".medfuse-report-new"):
+            raise PermissionError(13, "Permission denied", str(source))
+        return rename(source, target)
+
+    monkeypatch.setattr(os, "rename", stuck)
+    failed = run_cli(*_ct_args(folder, "--overwrite"))
+    assert failed.code == 1 and failed.stderr.startswith(f"error: cannot replace the report in {folder}")
+    assert _tree(folder) == before
+    monkeypatch.undo()
+    for link in _linked(folder):
+        assert (folder / link).is_file(), link
+
+    # the tester's case: a plot replaced by a folder is an old report's entry, replaced whole
+    (folder / "CT-MRI_radar.png").unlink()
+    (folder / "CT-MRI_radar.png").mkdir()
+    assert run_cli(*_ct_args(folder, "--overwrite")).code == 0
+    assert (folder / "CT-MRI_radar.png").is_file()
+
+
+def test_overwrite_replaces_the_whole_report_and_keeps_other_files(run_cli, tmp_path: Path) -> None:
+    """No image, crop or plot of the old report stays that the new one does not link; files a
+    report does not write stay; a killed run's work folder is cleared."""
+    folder = tmp_path / "report"
+    assert run_cli(*_ct_args(folder, "-m", "maximum", "--gallery-pairs", "2004")).code == 0
+    assert (folder / "images" / "CT-MRI" / "fused" / "maximum").is_dir()
+    (folder / "notes.txt").write_text("mine")
+    stale = folder / ".medfuse-report-new.999999999.0123abcd.tmp"  # no process has that id
+    (stale / "images").mkdir(parents=True)
+    assert run_cli(*_ct_args(folder, "--overwrite", "--metrics", "SSIM")).code == 0
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert files == _linked(folder) | {"index.html", "notes.txt"}  # every file linked: no orphan
+    assert not (folder / "images" / "CT-MRI" / "fused" / "maximum").exists()
+    assert not (folder / "CT-MRI_radar.png").exists()  # one metric: no radar
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_a_symlink_in_the_report_folder_is_never_written_through(run_cli, tmp_path: Path) -> None:
+    """rep/images pointing at a data set: --overwrite replaces the link, the data stays."""
+    data = tmp_path / "ex2"
+    shutil.copytree(EXAMPLES / "CT-MRI", data)
+    folder = tmp_path / "report"
+    folder.mkdir()
+    (folder / "images").symlink_to(data, target_is_directory=True)
+    before = _tree(data)
+    refused = run_cli(*_ct_args(folder))
+    assert refused.code == 1 and "images" in refused.stderr and "--overwrite" in refused.stderr
+    assert run_cli(*_ct_args(folder, "--overwrite")).code == 0
+    assert _tree(data) == before
+    assert not (folder / "images").is_symlink() and (folder / "images" / "CT-MRI").is_dir()
+
+
+def _gray_set(root: Path, sizes: dict[str, int], same: bool = False) -> Path:
+    """A CT-MRI pair folder of random gray pairs, one per name, square of the given size; with
+    ``same`` the CT is the MRI (a perfect copy fuses to a PSNR of inf)."""
+    rng = np.random.default_rng(7)
+    for name, size in sizes.items():
+        mri = rng.integers(0, 256, (size, size)).astype(np.uint8)
+        for modality, pixels in (("MRI", mri), ("CT", mri if same else 255 - mri // 2)):
+            (root / modality).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / modality / f"{name}.png")
+    return root
+
+
+def test_every_file_has_its_own_name_when_labels_reduce_alike(run_cli, tmp_path: Path) -> None:
+    """``A_B/CT-MRI`` and ``A/B_CT-MRI`` both reduce to ``A_B_CT-MRI``: their plots (in the
+    report and in --out) and image folders still differ, named by one rule."""
+    data = tmp_path / "data"
+    _gray_set(data / "A_B" / "CT-MRI", {"a": 48})
+    _gray_set(data / "A" / "B_CT-MRI", {"b": 48})
+    folder, out = tmp_path / "report", tmp_path / "out"
+    result = run_cli(
+        "evaluate",
+        data,
+        "-m",
+        "average",
+        "--metrics",
+        METRICS,
+        "--report",
+        folder,
+        "--out",
+        out,
+        "--plot",
+        "-q",
+    )
+    assert result.code == 0, result.stderr
+    plots = {"A_B_CT-MRI", "A_B_CT-MRI-2"}
+    expected = {f"{stem}_{kind}.png" for stem in plots for kind in ("boxplots", "radar")}
+    assert {p.name for p in folder.glob("*.png")} == expected == {p.name for p in out.glob("*.png")}
+    assert {p.name for p in (folder / "images").iterdir()} == plots
+    html = (folder / "index.html").read_text(encoding="utf-8")
+    first, second = html.split('<section id="pairs-1">')
+    assert "A_B_CT-MRI_boxplots.png" in first and "A_B_CT-MRI-2_boxplots.png" in second
+    for link in _linked(folder):
+        assert (folder / link).is_file(), link
+
+
+def test_a_gallery_without_a_finite_score_says_why(run_cli, tmp_path: Path) -> None:
+    data = _gray_set(tmp_path / "set", {"a": 48, "b": 48}, same=True)
+    folder = tmp_path / "report"
+    args = ("evaluate", data, "-m", "average", "--metrics", "PSNR,SSIM", "--report", folder, "-q")
+    assert run_cli(*args).code == 0
+    html = (folder / "index.html").read_text(encoding="utf-8")
+    assert "<h3>Gallery</h3><p class=note>No pair has a finite PSNR: no gallery." in html
+    assert "n = 0 of 2" in html
+    assert run_cli(*args, "--overwrite", "--gallery-pairs", "a").code == 0  # a named pair: shown
+    html = (folder / "index.html").read_text(encoding="utf-8")
+    assert "No pair has a finite PSNR: no best, median or worst pair" in html
+    assert html.count('<div class="pair"') == 1
+
+
+def test_one_pair_reads_as_one_pair_and_shows_no_spread(run_cli, tmp_path: Path) -> None:
+    data = _gray_set(tmp_path / "set", {"a": 48})
+    folder = tmp_path / "report"
+    result = run_cli(
+        "evaluate", data, "-m", "average", "-m", "maximum", "--metrics", METRICS, "--report", folder
+    )
+    assert result.code == 0, result.stderr
+    html = (folder / "index.html").read_text(encoding="utf-8")
+    markdown = (folder / "summary.md").read_text(encoding="utf-8")
+    assert "CT-MRI (1 pair)" in result.stdout and "<small>1 pair ·" in html and "(1 pair," in markdown
+    for text in (result.stdout, html, markdown):
+        assert "1 pairs" not in text and "± 0.0000" not in text
+    assert '<span class="n">n = 1</span>' in html and "(n = 1)" in markdown and "(n = 1)" in result.stdout
+
+
+def test_the_gallery_says_the_size_of_each_region(run_cli, tmp_path: Path) -> None:
+    """The region is 64×64 but in an image smaller than that: the page says its real size."""
+    folder = tmp_path / "report"
+    small = _gray_set(tmp_path / "small", {"a": 48, "b": 48})
+    assert (
+        run_cli("evaluate", small, "-m", "average", "--metrics", "SSIM", "--report", folder, "-q").code == 0
+    )
+    html = (folder / "index.html").read_text(encoding="utf-8")
+    assert "marks the 48×48 region" in html and "64×64 region" not in html
+    mixed = _gray_set(tmp_path / "mixed", {"a": 48, "b": 96})
+    args = ("evaluate", mixed, "-m", "average", "--metrics", "SSIM", "--report", folder, "--overwrite", "-q")
+    assert run_cli(*args).code == 0
+    html = (folder / "index.html").read_text(encoding="utf-8")
+    assert "region 48×48</small>" in html and "region 64×64</small>" in html
+    assert "marks the 48×48" not in html and "marks the 64×64" not in html
+
+
+def test_the_box_plots_title_clears_the_subplots_titles() -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from medfuse_cli.evaluation import plots
+    from medfuse_cli.metrics import METRICS as REGISTRY
+
+    names = list(REGISTRY)  # --metrics all: seven rows of three
+    rng = np.random.default_rng(0)
+    scores = MethodScores({f"{i}.png": {m: float(rng.random()) for m in names} for i in range(3)})
+    pairs = tuple(PairFiles(str(i), Path(f"MRI/{i}.png"), Path(f"CT/{i}.png")) for i in range(3))
+    result = PairSetResult(PairSet("CT-MRI", "CT-MRI", Path("set"), pairs), names, {"x": scores, "y": scores})
+    fig, _ = plots._boxplots(result)
+    FigureCanvasAgg(fig).draw()  # lays the figure out as savefig does
+    (suptitle,) = fig.texts
+    title = suptitle.get_window_extent()
+    for ax in fig.axes:
+        if ax.get_visible():
+            assert not title.overlaps(ax.title.get_window_extent()), ax.get_title()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,7 +53,8 @@ def evaluate(
         "--report",
         help="Folder for an HTML report that opens offline: index.html with the summary, the plots, a gallery "
         "of fused images with magnified crops and a sortable per-image table, beside the images, the plots "
-        "and the --out tables it shows (so it needs neither --out nor --plot).",
+        "and the --out tables it shows (so it needs neither --out nor --plot). Outside the pair folder "
+        "and the --fused folders.",
     ),
     gallery_pairs: list[str] | None = typer.Option(
         None,
@@ -71,7 +73,10 @@ def evaluate(
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
-        help="Replace the files --out or --report write where they exist (otherwise they are refused before any scoring).",
+        help="Replace the files --out writes where they exist, and a report in the --report folder whole: "
+        "its index.html, tables, plots, images/ and crops/, the old report's files the new one does not "
+        "write included (the folder's other files are kept). Without it they are refused before any "
+        "scoring; a run that fails leaves them as they were.",
     ),
     resize: bool = options.RESIZE,
     chroma: str = options.CHROMA,
@@ -94,7 +99,7 @@ def evaluate(
     from medfuse_cli.evaluation.files import OutputFiles, refuse_existing
     from medfuse_cli.evaluation.gallery import check_named_pairs, gallery_metric_of
     from medfuse_cli.evaluation.methods import choose_methods, parse_metrics
-    from medfuse_cli.evaluation.report_folder import PAGE, ReportFolder, report_names
+    from medfuse_cli.evaluation.report_folder import PAGE, ReportFolder, check_report_folder
     from medfuse_cli.evaluation.reports import TABLE_FILES
     from medfuse_cli.pairs import find_pair_sets
     from medfuse_cli.pipeline import check_chroma
@@ -102,26 +107,34 @@ def evaluate(
     check_chroma(chroma)
     metric_names = parse_metrics(metrics)
     _check_outputs(out, plot, report, bool(gallery_pairs) or gallery_metric is not None, overwrite)
+    outputs = (("--out", out), ("--report", report))
+    _check_apart(outputs, pairdir, f"the pair folder {pairdir}", holds=True)
     pair_sets, parent = find_pair_sets(pairdir, scoring.SPLIT)
     methods, named = choose_methods(model or [], fused or [], checkpoint, weights)
+    for method in methods:
+        if method.fused_dir is not None:
+            _check_apart(outputs, method.fused_dir, f"--fused {method.label}={method.fused_dir}", holds=False)
     ranked_by = gallery_metric_of(gallery_metric, metric_names)
     shown_pairs = check_named_pairs(pair_sets, (n for spec in gallery_pairs or [] for n in spec.split(",")))
-    if not overwrite:  # before minutes of scoring, as fuse refuses existing outputs
-        if out is not None:
-            plotted = [n for s in pair_sets for n in plots.plot_names(s.label, metric_names)] if plot else []
-            refuse_existing(out, [*TABLE_FILES, *plotted], "--out")
-        if report is not None:
-            refuse_existing(report, report_names(pair_sets, metric_names), "--report")
+    plot_names = plots.plot_files([s.label for s in pair_sets], metric_names)
+    # before minutes of scoring, as fuse refuses existing outputs
+    if out is not None:
+        plotted = [name for names in plot_names.values() for name in names] if plot else []
+        refuse_existing(out, [*TABLE_FILES, *plotted], "--out", overwrite)
+    if report is not None:
+        check_report_folder(report, overwrite)
     torch_device = resolve_device(device)
     total = sum(len(s.pairs) for s in pair_sets) * len(methods)
 
-    files = OutputFiles(overwrite)
+    files = OutputFiles(overwrite)  # --out's; the report has its own
     created = {folder: create_folder(folder) for folder in (out, report) if folder is not None}
     try:  # a folder that cannot be written fails here, before minutes of scoring
         for folder in created:
             prepare_output_folder(folder)
-        shown = ReportFolder(report, pair_sets, methods, files) if report is not None else None
-        with shown or contextlib.nullcontext():  # the report's helper thread stops on leaving
+        with contextlib.ExitStack() as stack:  # on leaving, the report's helper thread stops
+            shown = None
+            if report is not None:
+                shown = stack.enter_context(ReportFolder(report, pair_sets, methods, metric_names, overwrite))
             with options.progress_bar("scoring", quiet) as progress:
                 task = progress.add_task("evaluate", total=total)
 
@@ -151,29 +164,80 @@ def evaluate(
                         results, parent, ranked_by, shown_pairs, on_step=lambda: progress.advance(task)
                     )
 
-        if as_json:
-            print(json.dumps(tables.results_json(results, parent)))
-        else:
-            console = options.stdout_console()
-            for result in results:
-                console.print(_table(result))
-                for label, reason in result.skipped.items():
-                    console.print(Text(f"skipped {label}: {reason}", style="dim"), soft_wrap=True)
-        if out is not None:
-            written = reports.write_reports(results, parent, out, files)
-            if plot:
-                written += plots.write_plots(results, out, files)
-            if not quiet:
-                _stderr.print(f"wrote {len(written)} files to {out}", markup=False)
+            if as_json:
+                print(json.dumps(tables.results_json(results, parent)))
+            else:
+                console = options.stdout_console()
+                for result in results:
+                    console.print(_table(result))
+                    for label, reason in result.skipped.items():
+                        console.print(Text(f"skipped {label}: {reason}", style="dim"), soft_wrap=True)
+            if out is not None:
+                written = reports.write_reports(results, parent, out, files)
+                if plot:
+                    written += plots.write_plots(results, out, files, plot_names)
+            # Last, once everything is written: the new report moved in place of the old one,
+            # --out's held-back files over the old ones (--overwrite).
+            shown_files = shown.publish() if shown is not None else 0
+            files.commit()
+        if out is not None and not quiet:
+            _stderr.print(f"wrote {len(written)} files to {out}", markup=False)
         if report is not None and not quiet:
-            count = sum(report in path.parents for path in files.written)
-            _stderr.print(f"wrote {count} files to {report}: open {report / PAGE}", markup=False)
+            _stderr.print(f"wrote {shown_files} files to {report}: open {report / PAGE}", markup=False)
     except BaseException:  # outputs are whole or absent: an error or interrupt removes this run's files
         files.discard()
         raise
     finally:  # a run that wrote nothing leaves no folder it made
         for made in created.values():
             remove_if_empty(made)
+
+
+def _check_apart(
+    outputs: tuple[tuple[str, Path | None], ...], folder: Path, source: str, holds: bool
+) -> None:
+    """Refuse an output folder that is an input folder or lies inside it (and with ``holds``,
+    one that holds it), before anything is read: a report written into the data becomes part
+    of it, and a later run scores its images as pairs or finds folders that no longer pair up.
+
+    Symbolic links are resolved and folders compared by identity (``os.path.samefile``), so
+    another name for the same folder is caught too.
+
+    Args:
+        outputs: ``(option, folder or None)`` of each output.
+        folder: The input folder (one that does not exist is left to its own check).
+        source: It in the message: ``the pair folder DIR``, ``--fused LABEL=DIR``.
+        holds: Refuse an output folder that holds ``folder`` as well.
+
+    Raises:
+        InputError: naming the option, both folders and how they overlap.
+    """
+    if not folder.is_dir():
+        return
+    for option, output in outputs:
+        if output is None:
+            continue
+        if _within(output, folder):
+            relation = "is" if _within(folder, output) else "lies inside"
+        elif holds and _within(folder, output):
+            relation = "holds"
+        else:
+            continue
+        raise InputError(
+            f"{option} {output} {relation} {source}: its files would mix with the inputs; "
+            "choose a folder outside them"
+        )
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    """Whether ``inner`` is ``outer`` or lies inside it, links resolved (``inner`` may not exist)."""
+    outer = outer.resolve()
+    for folder in (inner.resolve(), *inner.resolve().parents):
+        if folder == outer:
+            return True
+        with contextlib.suppress(OSError):  # a folder that does not exist (yet)
+            if os.path.samefile(folder, outer):
+                return True
+    return False
 
 
 def _check_outputs(out: Path | None, plot: bool, report: Path | None, gallery: bool, overwrite: bool) -> None:
@@ -187,8 +251,12 @@ def _check_outputs(out: Path | None, plot: bool, report: Path | None, gallery: b
     for folder, option in ((out, "--out"), (report, "--report")):
         if folder is not None and folder.exists() and not folder.is_dir():
             raise InputError(f"{option} must be a folder: {folder}")
-    if out is not None and report is not None and out.resolve() == report.resolve():
-        raise InputError("--out and --report name one folder; the report holds the tables too: drop --out")
+    if out is not None and report is not None and _within(out, report):
+        if _within(report, out):
+            raise InputError(
+                "--out and --report name one folder; the report holds the tables too: drop --out"
+            )
+        raise InputError("--out lies inside the --report folder; the report holds the tables too: drop --out")
     if gallery and report is None:
         raise InputError("--gallery-pairs and --gallery-metric choose what --report shows: give --report DIR")
     if overwrite and out is None and report is None:
@@ -198,10 +266,10 @@ def _check_outputs(out: Path | None, plot: bool, report: Path | None, gallery: b
 def _table(result: PairSetResult) -> Table:
     """One rich table: a row per metric (with its direction), a column per method, cells
     "mean / ± std", the best method's cell in bold green with *. Fits 80 columns for ~6 methods."""
-    from medfuse_cli.evaluation.tables import arrow, format_value
+    from medfuse_cli.evaluation.tables import arrow, count, mean_text
 
     table = Table(
-        title=f"{result.pair_set.label} ({len(result.pair_set.pairs)} pairs)",
+        title=f"{result.pair_set.label} ({count(len(result.pair_set.pairs), 'pair')})",
         caption="mean ± std · ↑/↓ higher/lower is better · * best",
     )
     table.add_column("metric")
@@ -211,7 +279,7 @@ def _table(result: PairSetResult) -> Table:
         best = result.best(metric)
         cells = []
         for label, scores in result.methods.items():
-            text = f"{format_value(scores.mean(metric))}\n± {format_value(scores.std(metric))}"
+            text = mean_text(scores, metric, sep="\n")
             cells.append(
                 Text(text.replace("\n", " *\n", 1), style="bold green") if best == label else Text(text)
             )

@@ -75,12 +75,15 @@ def check_named_pairs(pair_sets: list[PairSet], names: Iterable[str]) -> set[str
         names: Pair names: a file stem (``10018``) or the MRI's file name (``10018.png``).
 
     Returns:
-        The names, blanks stripped.
+        The names, blanks around them stripped.
 
     Raises:
-        InputError: A name matches no pair (the message names it and says where pairs were looked for).
+        InputError: A name is empty (``--gallery-pairs ""``, ``a,,b``, ``a,``), or matches no
+            pair (the message names it and says where pairs were looked for).
     """
-    wanted = {name.strip() for name in names if name.strip()}
+    wanted = {name.strip() for name in names}
+    if "" in wanted:
+        raise InputError("--gallery-pairs: an empty name; give pair names (file stems) separated by commas")
     known = {key for s in pair_sets for pair in s.pairs for key in (pair.name, pair.mri.name)}
     unknown = sorted(wanted - known)
     if unknown:

@@ -15,11 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from medfuse_cli.evaluation.gallery import MAGNIFICATION, CropBox, GalleryRow
+from medfuse_cli.evaluation.gallery import CROP_SIZE, MAGNIFICATION, CropBox, GalleryRow
 from medfuse_cli.evaluation.provenance import Provenance
 from medfuse_cli.evaluation.report_images import Column, ImageLayout, columns
 from medfuse_cli.evaluation.scoring import PairSetResult
-from medfuse_cli.evaluation.tables import arrow, format_value
+from medfuse_cli.evaluation.tables import arrow, count, format_value, mean_text
 from medfuse_cli.metrics import METRICS
 from medfuse_cli.pairs import PairSet
 
@@ -97,14 +97,14 @@ def _section(index: int, section: PairSetSection, page: ReportPage) -> str:
     pair_set = result.pair_set
     parts = [
         f'<section id="pairs-{index}">',
-        f"<h2>{_text(pair_set.label)} <small>{len(pair_set.pairs)} pairs · {_text(str(pair_set.folder))}</small></h2>",
+        f"<h2>{_text(pair_set.label)} <small>{count(len(pair_set.pairs), 'pair')} · {_text(str(pair_set.folder))}</small></h2>",
         _summary(result),
         *(
             f'<p class="skipped">Skipped {_text(label)}: {_text(reason)}</p>'
             for label, reason in result.skipped.items()
         ),
     ]
-    if section.gallery:
+    if result.methods:
         parts.append(_gallery(index, section, page))
     if section.plots:
         links = "".join(
@@ -128,16 +128,17 @@ def _summary(result: PairSetResult) -> str:
         cells = []
         for label, scores in result.methods.items():
             n = len(scores.values(metric))
-            text = f"{format_value(scores.mean(metric))} ± {format_value(scores.std(metric))}"
-            note = f'<span class="n">n = {n} of {total}</span>' if n < total else ""
+            text = mean_text(scores, metric) if n > 1 else format_value(scores.mean(metric))
+            count_n = f"n = {n} of {total}" if n < total else "n = 1" if n == 1 else ""
+            note = f'<span class="n">{count_n}</span>' if count_n else ""
             mark = ' <span class="star">★</span>' if best == label else ""
             cells.append(f"<td{' class=best' if best == label else ''}>{text}{mark}{note}</td>")
         rows.append(f"<tr>{_metric_header(metric)}{''.join(cells)}</tr>")
     return (
         f'<div class="scroll"><table class="summary"><thead><tr><th>metric</th>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></div><p class=note>Mean ± std over the {total} pairs · "
+        f"<tbody>{''.join(rows)}</tbody></table></div><p class=note>Mean ± std over the {count(total, 'pair')} · "
         "↑ higher is better, ↓ lower is better (shaded) · ★ best mean · n = k of N: only k pairs had a "
-        "finite score (NaN or inf left out).</p>"
+        "finite score (NaN or inf left out); one score has no ± std.</p>"
     )
 
 
@@ -145,21 +146,36 @@ def _gallery(index: int, section: PairSetSection, page: ReportPage) -> str:
     result = section.result
     metric = page.gallery_metric
     shown = columns(result.pair_set, result.methods)
+    sides = {box.size for _, box in section.gallery}
     rows = []
     for row, box in section.gallery:
         figures = "".join(_figure(section, page.layout, row.image, column, box) for column in shown)
+        region = f" · region {box.size}×{box.size}" if len(sides) > 1 else ""
         rows.append(
             f'<div class="pair" id="{_anchor(index, result.pair_set, row.image)}">'
             f"<h4>{_text(row.image)} <small>{', '.join(row.reasons)} · mean {_text(metric)} "
-            f"{format_value(row.score)}</small></h4>"
+            f"{format_value(row.score)}{region}</small></h4>"
             f'<div class="row" style="--columns: {len(shown)}">{figures}</div></div>'
         )
-    side = section.gallery[0][1].size
+    if not any("best" in row.reasons for row, _ in section.gallery):
+        intro = f"No pair has a finite {_text(metric)}: "
+        if not rows:
+            return (
+                f"<h3>Gallery</h3><p class=note>{intro}no gallery. --gallery-metric chooses another "
+                "metric to rank pairs by; --gallery-pairs names pairs to show anyway.</p>"
+            )
+        intro += "no best, median or worst pair; the pairs named with --gallery-pairs."
+    else:
+        intro = (
+            f"Best, median and worst pair by {_text(metric)} {arrow(metric)} (each pair's mean over "
+            "the methods), and pairs named with --gallery-pairs."
+        )
+    side = next(iter(sides)) if len(sides) == 1 else None
+    region = f"the {side}×{side} region" if side else "the square region (its size by each row)"
     return (
-        f"<h3>Gallery</h3><p class=note>Best, median and worst pair by {_text(metric)} {arrow(metric)} "
-        "(each pair's mean over the methods), and pairs named with --gallery-pairs. The yellow square "
-        f"marks the {side}×{side} region with the most edge energy in the MRI, shown ×{MAGNIFICATION} "
-        "below every image of the row. Bold: the best score in the row.</p>" + "".join(rows)
+        f"<h3>Gallery</h3><p class=note>{intro} The yellow square marks {region} with the most edge "
+        f"energy in the MRI (up to {CROP_SIZE}×{CROP_SIZE}), shown ×{MAGNIFICATION} below every image "
+        "of the row. Bold: the best score in the row.</p>" + "".join(rows)
     )
 
 

@@ -13,13 +13,13 @@ them on a helper thread while scoring goes on. matplotlib is imported only when 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medfuse_cli.evaluation.files import OutputFiles
+from medfuse_cli.evaluation.files import OutputFiles, file_names
 from medfuse_cli.evaluation.scoring import PairSetResult
 from medfuse_cli.evaluation.tables import arrow
 from medfuse_cli.metrics import METRICS
@@ -58,19 +58,36 @@ def area_ratio(radii: list[float]) -> float:
     return sum(radii[i] * radii[(i + 1) % n] for i in range(n)) / n
 
 
-def plot_names(pair_set_label: str, metrics: list[str]) -> list[str]:
-    """The files ``write_plots`` writes for one pair set: ``<pairs>_boxplots.png``, and
-    ``<pairs>_radar.png`` when there are at least three metrics (a radar needs three axes)."""
-    return [name for name, _ in _figures(pair_set_label, metrics)]
+def plot_files(labels: Iterable[str], metrics: list[str]) -> dict[str, list[str]]:
+    """The files ``write_plots`` writes for each pair set: ``<pairs>_boxplots.png``, and
+    ``<pairs>_radar.png`` when there are at least three metrics (a radar needs three axes).
+
+    ``<pairs>`` is the pair set's label made a file name by ``files.file_names`` over all the
+    labels at once, so two labels that reduce alike (``A_B/CT-MRI``, ``A/B_CT-MRI``) still get
+    files of their own, and the report's ``images/<pairs>/`` folders carry the same names.
+
+    Args:
+        labels: Every pair set's label, in the results' order.
+        metrics: The metrics scored.
+
+    Returns:
+        ``{label: [file name, ...]}``.
+    """
+    stems = file_names(labels)
+    return {label: [f"{stem}_{kind}.png" for kind, _ in _figures(metrics)] for label, stem in stems.items()}
 
 
-def write_plots(results: list[PairSetResult], out_dir: Path, files: OutputFiles) -> list[Path]:
-    """Draw and write the figures of every pair set with a scored method (see ``plot_names``).
+def write_plots(
+    results: list[PairSetResult], out_dir: Path, files: OutputFiles, names: dict[str, list[str]]
+) -> list[Path]:
+    """Draw and write the figures of every pair set with a scored method.
 
     Args:
         results: Scores per pair set.
         out_dir: The folder to write into (created if missing).
         files: The run's writer (atomic PNGs, ``--overwrite``, removal if the run fails).
+        names: The files of each pair set's figures: ``plot_files`` of every pair set's label
+            (of the run, not only of ``results``, so names stay unique across calls).
 
     Returns:
         The paths written, pair set by pair set.
@@ -82,7 +99,7 @@ def write_plots(results: list[PairSetResult], out_dir: Path, files: OutputFiles)
     for result in results:
         if not result.methods:
             continue
-        for name, draw in _figures(result.pair_set.label, result.metrics):
+        for name, (_, draw) in zip(names[result.pair_set.label], _figures(result.metrics), strict=True):
             fig, options = draw(result)
             written.append(
                 files.write(
@@ -92,12 +109,11 @@ def write_plots(results: list[PairSetResult], out_dir: Path, files: OutputFiles)
     return written
 
 
-def _figures(pair_set_label: str, metrics: list[str]) -> list[tuple[str, Callable]]:
-    """Each figure of a pair set: its file name and the function that draws it."""
-    stem = pair_set_label.replace("/", "_")
-    figures = [(f"{stem}_boxplots.png", _boxplots)]
+def _figures(metrics: list[str]) -> list[tuple[str, Callable]]:
+    """Each figure of a pair set: what it is (its file name's end) and the function that draws it."""
+    figures = [("boxplots", _boxplots)]
     if len(metrics) >= 3:
-        figures.append((f"{stem}_radar.png", _radar))
+        figures.append(("radar", _radar))
     return figures
 
 
@@ -108,7 +124,9 @@ def _boxplots(result: PairSetResult) -> tuple[Figure, dict]:
     labels = list(result.methods)
     columns = min(3, len(result.metrics))
     rows = math.ceil(len(result.metrics) / columns)
-    fig = Figure(figsize=(4.2 * columns, 3.4 * rows))
+    # Constrained layout makes room for the figure's title above the subplots' titles, which
+    # tight_layout does not: with many rows its title ran into the top row's.
+    fig = Figure(figsize=(4.2 * columns, 3.4 * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax, metric in zip(axes.flat, result.metrics, strict=False):
         ax.boxplot([result.methods[label].values(metric) for label in labels])
@@ -119,7 +137,6 @@ def _boxplots(result: PairSetResult) -> tuple[Figure, dict]:
     for ax in list(axes.flat)[len(result.metrics) :]:
         ax.set_visible(False)
     fig.suptitle(f"{result.pair_set.label}: per-image scores")
-    fig.tight_layout()
     return fig, {"dpi": 120}
 
 

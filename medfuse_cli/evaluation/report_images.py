@@ -12,12 +12,12 @@ afterwards from the files written, so they show exactly what the page shows::
     crops/...                                  the same layout, for the gallery's pairs
 
 Folder and file names are the labels and stems reduced to letters, digits, ``-`` and ``_``
-(made unique where two reduce alike), so any label is a safe relative link.
+(made unique where two reduce alike: ``files.file_names``, which names the plots too), so any
+label is a safe relative link.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from medfuse_cli.evaluation.background import Background
-from medfuse_cli.evaluation.files import OutputFiles
+from medfuse_cli.evaluation.files import OutputFiles, file_names
 from medfuse_cli.evaluation.gallery import CropBox, crop_box, magnify
 from medfuse_cli.io import read_image
 from medfuse_cli.pairs import ANATOMICAL, PairSet
@@ -63,9 +63,9 @@ class ImageLayout:
     """
 
     def __init__(self, pair_sets: list[PairSet], methods: list[str]) -> None:
-        self._sets = _unique_slugs(s.label for s in pair_sets)
-        self._methods = _unique_slugs(methods)
-        self._images = {s.label: _unique_slugs(pair.name for pair in s.pairs) for s in pair_sets}
+        self._sets = file_names(s.label for s in pair_sets)
+        self._methods = file_names(methods)
+        self._images = {s.label: file_names(pair.name for pair in s.pairs) for s in pair_sets}
         self._stems = {s.label: {pair.mri.name: pair.name for pair in s.pairs} for s in pair_sets}
 
     def path(self, pair_set: PairSet, image: str, column: Column, crop: bool = False) -> str:
@@ -122,21 +122,3 @@ class ReportImages:
 
     def _file(self, pair_set: PairSet, image: str, column: Column, crop: bool = False) -> Path:
         return self.folder / self.layout.path(pair_set, image, column, crop)
-
-
-def _unique_slugs(names: Iterable[str]) -> dict[str, str]:
-    """A file-safe name per distinct name: letters, digits, ``-`` and ``_`` only, unique even
-    on a case-insensitive file system (a clash gets ``-2``, ``-3``, ...)."""
-    slugs: dict[str, str] = {}
-    taken: set[str] = set()
-    for name in names:
-        if name in slugs:
-            continue
-        base = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "_"
-        slug, number = base, 1
-        while slug.lower() in taken:
-            number += 1
-            slug = f"{base}-{number}"
-        taken.add(slug.lower())
-        slugs[name] = slug
-    return slugs

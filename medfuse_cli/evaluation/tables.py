@@ -10,7 +10,7 @@ import csv
 import io
 import math
 
-from medfuse_cli.evaluation.scoring import PairSetResult
+from medfuse_cli.evaluation.scoring import MethodScores, PairSetResult
 from medfuse_cli.metrics import METRICS
 
 
@@ -30,6 +30,21 @@ def format_value(value: float) -> str:
     return f"{value:.{decimals}f}"
 
 
+def count(n: int, noun: str) -> str:
+    """``1 pair``, ``2 pairs``: a number and a noun in the form it takes."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def mean_text(scores: MethodScores, metric: str, sep: str = " ") -> str:
+    """A mean and its spread as shown: ``0.8123 ± 0.0123`` (``sep`` between them); with a single
+    finite score there is no spread to show: ``0.8123 (n = 1)``; with none, ``-``."""
+    n = len(scores.values(metric))
+    mean = format_value(scores.mean(metric))
+    if n >= 2:
+        return f"{mean}{sep}± {format_value(scores.std(metric))}"
+    return f"{mean}{sep}(n = 1)" if n else mean
+
+
 def arrow(metric: str) -> str:
     """The direction mark of a metric: ↑ where higher is better, ↓ where lower is (e.g. Qcv)."""
     return "↑" if METRICS[metric].higher_is_better else "↓"
@@ -42,14 +57,17 @@ def result_json(result: PairSetResult) -> dict:
         result: Scores of one pair set.
 
     Returns:
-        ``{"metrics": [...], "methods": {label: {"n", "mean", "std", "per_image"}}}``, with
-        NaN and infinities as None because JSON has neither.
+        ``{"metrics": [...], "methods": {label: {"n", "n_finite", "mean", "std", "per_image"}}}``
+        with NaN and infinities as None because JSON has neither. ``n`` counts the images
+        scored, ``n_finite`` per metric those with a finite score, which its mean and std are
+        over (``summary.csv``'s ``n``, the page's ``n = k of N``).
     """
     return {
         "metrics": list(result.metrics),
         "methods": {
             label: {
                 "n": len(scores.per_image),
+                "n_finite": {m: len(scores.values(m)) for m in result.metrics},
                 "mean": {m: _finite_or_none(scores.mean(m)) for m in result.metrics},
                 "std": {m: _finite_or_none(scores.std(m)) for m in result.metrics},
                 "per_image": {
@@ -70,12 +88,14 @@ def results_json(results: list[PairSetResult], parent: bool) -> dict:
         parent: Whether the pair folder was a parent of several pair sets.
 
     Returns:
-        The one result object (see ``result_json``), or ``{"pairs": {label: object}}`` for a
-        parent.
+        ``{"pairs": {label: object}}`` (see ``result_json``), one object per pair set; for a
+        pair folder that is not a parent its one object's keys are also at the top, as before
+        there was ``pairs`` for it.
     """
+    pairs = {r.pair_set.label: result_json(r) for r in results}
     if parent:
-        return {"pairs": {r.pair_set.label: result_json(r) for r in results}}
-    return result_json(results[0])
+        return {"pairs": pairs}
+    return {**pairs[results[0].pair_set.label], "pairs": pairs}
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -91,15 +111,18 @@ def markdown(results: list[PairSetResult]) -> str:
         "Mean ± standard deviation over images. ↑ higher is better, ↓ lower is better; **bold** is the best mean.",
     ]
     for r in results:
-        n = len(r.pair_set.pairs)
-        lines += ["", f"## {r.pair_set.label} ({n} pairs, {r.pair_set.folder})", ""]
+        lines += [
+            "",
+            f"## {r.pair_set.label} ({count(len(r.pair_set.pairs), 'pair')}, {r.pair_set.folder})",
+            "",
+        ]
         lines.append("| Method | " + " | ".join(f"{m} {arrow(m)}" for m in r.metrics) + " |")
         lines.append("|---" * (len(r.metrics) + 1) + "|")
         best = {m: r.best(m) for m in r.metrics}
         for label, scores in r.methods.items():
             cells = []
             for m in r.metrics:
-                cell = f"{format_value(scores.mean(m))} ± {format_value(scores.std(m))}"
+                cell = mean_text(scores, m)
                 cells.append(f"**{cell}**" if best[m] == label else cell)
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines += [f"\nSkipped {label}: {reason}" for label, reason in r.skipped.items()]
