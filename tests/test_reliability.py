@@ -334,8 +334,21 @@ def test_json_and_png_on_stdout_are_refused_before_any_work(run_cli, tmp_path: P
 # --- 11. interrupts, and what an interrupted run leaves --------------------------------------
 
 
+def _sigint_as_a_terminal_gives_it() -> None:
+    """In the child before it runs: SIGINT's default action. A non-interactive shell starts its
+    background jobs (``cmd &``, ``nohup``) with SIGINT ignored, their children inherit that, and
+    Python then never turns Ctrl-C into KeyboardInterrupt: the tests below would test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_when_first_output_appears(args: list, out: Path) -> subprocess.CompletedProcess:
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_as_a_terminal_gives_it,
+    )
     deadline = time.monotonic() + 120
     while not (out.is_dir() and any(out.glob("*.png"))) and process.poll() is None:
         assert time.monotonic() < deadline
@@ -382,7 +395,13 @@ def test_interrupt_during_start_up(tmp_path: Path) -> None:
         "runpy.run_module('medfuse_cli', run_name='__main__')\n"
     )
     args = ["fuse", MRI, SPECT, "-o", tmp_path / "f.png", "-m", "average"]
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_sigint_as_a_terminal_gives_it,
+    )
     assert (done.returncode, done.stderr) == (130, "interrupted\n")
     assert list(tmp_path.iterdir()) == []
 
@@ -397,6 +416,7 @@ def test_interrupt_of_the_console_script_soon_after_start(tmp_path: Path, delay:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_as_a_terminal_gives_it,
     )
     time.sleep(delay)
     process.send_signal(signal.SIGINT)

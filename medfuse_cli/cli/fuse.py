@@ -137,8 +137,9 @@ def fuse(
         }
         if any(two_d_only.values()):
             given = ", ".join(flag for flag, used in two_d_only.items() if used)
+            verb = "apply" if "," in given else "applies"
             raise InputError(
-                f"{given} apply to 2-D images; volumes are windowed (--window-*) and resampled (--resample)"
+                f"{given} {verb} to 2-D images; volumes are windowed (--window-*) and resampled (--resample)"
             )
         _fuse_volumes(
             fusion,
