@@ -1,5 +1,6 @@
-"""``python -m medfuse_cli`` runs the same CLI as the ``medfuse`` command."""
+"""``python -m medfuse_cli`` runs the same CLI as the ``medfuse`` command (and is what torchrun
+starts: see ``run_as_module``)."""
 
-from medfuse_cli.cli.entry import main
+from medfuse_cli.cli.entry import run_as_module
 
-main()
+run_as_module()

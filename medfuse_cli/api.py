@@ -73,8 +73,8 @@ def _image(image: ImageLike, name: str) -> LoadedImage:
         return read_image(Path(image))
     array = np.asarray(image)
     where = Path(f"<{name} array>")
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
-        raise InputError(f"{name} must be (H, W) or (H, W, 3), got shape {array.shape}")
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3) or 0 in array.shape[:2]:
+        raise InputError(f"{name} must be (H, W) or (H, W, 3) with H, W >= 1, got shape {array.shape}")
     if array.dtype == np.uint8:
         pixels, depth = array.astype(np.float32) / 255.0, 8
     elif array.dtype == np.uint16 and array.ndim == 2:

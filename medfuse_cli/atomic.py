@@ -1,11 +1,13 @@
 """Write files so that no reader, crash or concurrent run ever sees a half-written or clobbered one.
 
 Every write goes to a temporary file in the destination's folder, named
-``.<name>.<pid>.<random>.tmp`` so that it says which process writes it, and is then published
+``.<name>.<host>.<pid>.<random>.tmp`` (host: 8 hex digits of a hash of the machine's name) so
+that it says which process on which machine writes it, and is then published
 under its real name in one step: with ``overwrite``, ``os.replace``; without, only if the name
 is still free at that very moment (``_publish_new``), so a file that another run wrote after
 the caller last looked is never replaced. A run killed mid-write (SIGKILL, power loss) leaves
-its temporary file behind; ``prepare_folder`` removes those whose process is gone.
+its temporary file behind; ``prepare_folder`` removes those whose process, on this machine, is
+gone (a shared folder written by jobs on several machines, a SLURM array, keeps the others').
 
 This module imports nothing from medfuse: it raises the ``OSError`` the file system gave
 (``FileExistsError`` for a name that is taken), and callers word it for their users.
@@ -16,9 +18,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import hashlib
 import os
 import re
 import secrets
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +30,9 @@ from pathlib import Path
 # What ``os.link`` fails with where a file system has no hard links (FAT, some FUSE and
 # network file systems) rather than because the folder cannot be written.
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.ENOSYS}
-_TEMPORARY = re.compile(r"\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
+_TEMPORARY = re.compile(r"\..+?\.(?:(?P<host>[0-9a-f]{8})\.)?(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
+# This machine in temporary names: process ids only mean something on the machine that made them.
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
@@ -64,11 +70,10 @@ def prepare_folder(folder: Path) -> None:
     """Make ``folder`` ready for ``write_atomically``: clear what killed runs left, check access.
 
     Removes the temporary files of writers that no longer run (only names of this module's
-    pattern whose process id is gone; a concurrent run's files are left alone), then creates and
-    removes one, so that a folder that cannot be written fails here, once, before any work.
-    Process ids are this machine's: in a folder that several machines write at once, another
-    machine's temporary file can be taken for a dead run's (that run then reports the pair it
-    was writing as failed).
+    pattern, made on this machine, whose process id is gone; a concurrent run's files, and any
+    other machine's, are left alone), then creates and removes one, so that a folder that cannot
+    be written fails here, once, before any work. (Names without a host part come from earlier
+    versions, which wrote them on one machine: they are judged by their process id alone.)
 
     Args:
         folder: an existing folder.
@@ -79,14 +84,15 @@ def prepare_folder(folder: Path) -> None:
     if os.name == "posix":  # elsewhere os.kill(pid, 0) does not ask, it terminates
         for entry in os.scandir(folder):
             match = _TEMPORARY.fullmatch(entry.name)
-            if match and entry.is_file(follow_symlinks=False) and _process_is_gone(int(match["pid"])):
+            ours = match is not None and match["host"] in (None, _HOST)
+            if ours and entry.is_file(follow_symlinks=False) and _process_is_gone(int(match["pid"])):
                 Path(entry.path).unlink(missing_ok=True)
     _create_temporary(Path(folder) / "probe").unlink()
 
 
 def _create_temporary(path: Path) -> Path:
     """A new, empty file beside ``path`` named for this process, with the permissions open() gives."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     return tmp
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from medfuse_cli.atomic import write_atomically
 from medfuse_cli.errors import CheckpointError, OutputError
@@ -122,9 +122,11 @@ def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dic
     """
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
     try:
-        write_atomically(
-            Path(path), lambda tmp: save_file(contiguous, str(tmp), metadata=metadata), overwrite=True
-        )
+        # Serialised in memory and written into the temporary file as it was created (mode 0666
+        # less the umask, as for every output): safetensors' own save_file makes its files 0600,
+        # which colleagues on a shared cluster could not read.
+        data = save(contiguous, metadata=metadata)
+        write_atomically(Path(path), lambda tmp: tmp.write_bytes(data), overwrite=True)
     except (SafetensorError, OSError) as exc:  # safetensors reports a full disk as its own error
         raise OutputError(f"cannot write {path}: {_first_line(exc)}") from None
 

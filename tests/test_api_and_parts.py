@@ -50,6 +50,7 @@ def test_float_arrays_in_unit_range_are_taken_as_they_are(examples: Path) -> Non
         (np.full((8, 8), np.nan), r"\[0, 1\]"),
         (np.zeros((8, 8, 4), np.uint8), "shape"),
         (np.zeros((8, 8, 3), np.uint16), "uint8, uint16"),
+        (np.zeros((0, 8), np.float32), "H, W >= 1"),
     ],
 )
 def test_arrays_it_cannot_take_whole_are_refused(bad: np.ndarray, message: str) -> None:
@@ -110,7 +111,7 @@ def test_a_killed_part_resumes_with_skip_existing(five_pairs, tmp_path: Path, ru
 
 def test_parts_are_refused_where_there_is_nothing_to_split(examples: Path, tmp_path: Path, run_cli) -> None:
     pair = (examples / "CT-MRI" / "MRI" / "2004.png", examples / "CT-MRI" / "CT" / "2004.png")
-    result = run_cli("fuse", *pair, "-o", tmp_path / "f.png", "--num-parts", 2)
+    result = run_cli("fuse", *pair, "-o", tmp_path / "f.png", "--num-parts", 2, "--part-id", 0)
     assert result.code == 1 and "folder run" in result.stderr and not (tmp_path / "f.png").exists()
     result = run_cli(
         "fuse",
@@ -124,3 +125,6 @@ def test_parts_are_refused_where_there_is_nothing_to_split(examples: Path, tmp_p
         2,
     )
     assert result.code == 1 and result.stderr.startswith("error: --part-id must be in 0..1")
+    folders = (examples / "CT-MRI" / "MRI", examples / "CT-MRI" / "CT")
+    result = run_cli("fuse", *folders, "-o", tmp_path / "o", "--num-parts", 2)  # which part?
+    assert result.code == 1 and "needs --part-id" in result.stderr and not (tmp_path / "o").exists()

@@ -430,16 +430,24 @@ def test_temporary_files_of_killed_runs_are_removed(run_cli, tmp_path: Path) -> 
     dead_pid.wait()
     out = tmp_path / "out"
     out.mkdir()
+    from medfuse_cli.atomic import _HOST
+
+    other_host = "0" * 8 if _HOST != "0" * 8 else "1" * 8
     left = {
-        "dead": out / f".000.png.{dead_pid.pid}.0123abcd.tmp",
-        "live": out / f".001.png.{os.getpid()}.89abcdef.tmp",  # a concurrent run's: not ours to remove
+        "dead": out / f".000.png.{_HOST}.{dead_pid.pid}.0123abcd.tmp",
+        "dead, earlier version": out / f".002.png.{dead_pid.pid}.0123abcd.tmp",
+        "live": out
+        / f".001.png.{_HOST}.{os.getpid()}.89abcdef.tmp",  # a concurrent run's: not ours to remove
+        # Another machine's (a SLURM array on a shared folder): its pid means nothing here.
+        "other machine": out / f".003.png.{other_host}.{dead_pid.pid}.0123abcd.tmp",
         "other": out / ".notes.tmp",  # not of our pattern
     }
     for path in left.values():
         path.write_bytes(b"")
     assert run_cli("fuse", mri_dir, spect_dir, "-o", out, "-m", "average", "-q").code == 0
-    assert not left["dead"].exists() and left["live"].exists() and left["other"].exists()
-    stale_beside_single = tmp_path / f".single.png.{dead_pid.pid}.0123abcd.tmp"
+    kept = {name for name, path in left.items() if path.exists()}
+    assert kept == {"live", "other machine", "other"}
+    stale_beside_single = tmp_path / f".single.png.{_HOST}.{dead_pid.pid}.0123abcd.tmp"
     stale_beside_single.write_bytes(b"partial")
     assert run_cli("fuse", MRI, SPECT, "-o", tmp_path / "single.png", "-m", "average", "-q").code == 0
     assert not stale_beside_single.exists()

@@ -203,3 +203,15 @@ def test_safetensors_whose_header_length_looks_like_pickle_still_loads(tmp_path:
     else:
         pytest.fail("no padding produced a header length starting with 80 02")
     assert read_checkpoint(path).metadata["pad"] == "x" * padding
+
+
+def test_checkpoints_are_written_with_the_umasks_permissions(tmp_path: Path) -> None:
+    """Colleagues on a shared cluster read the weights: not safetensors' own 0600."""
+    from medfuse_cli.weights import write_checkpoint
+
+    umask = os.umask(0o022)
+    try:
+        write_checkpoint(tmp_path / "w.safetensors", {"x": torch.zeros(2)}, {"format": "test"})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644

@@ -4,6 +4,8 @@ Importing the CLI (Typer, rich, then torch for most commands) takes seconds; an 
 that time, or at any point of a run, ends it with ``interrupted`` on stderr and status 130.
 """
 
+import io
+import os
 import sys
 
 # 128 + SIGINT: the status a shell reports for a command stopped by Ctrl-C.
@@ -19,3 +21,38 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED_STATUS)
+
+
+def run_as_module() -> None:
+    """``python -m medfuse_cli``: ``main``, and under torchrun two differences.
+
+    A process that torchrun started (``medfuse train`` with DistributedDataParallel) ends with
+    ``os._exit`` once its streams are flushed: the interpreter's own teardown then meets gloo's
+    threads still alive, and C++ aborts a run that has finished (``terminate called without an
+    active exception``, status 134, which a scheduler reports as a failed job). And only rank 0
+    speaks: the other ranks' usage errors and agreed failures (rank 0 prints the one ``error:``
+    line) are dropped; anything else they print (a crash) is passed on.
+    """
+    started_by_torchrun = "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
+    quiet_rank = started_by_torchrun and os.environ.get("RANK", "0") != "0"
+    held = io.StringIO()
+    if quiet_rank:
+        sys.stderr = held
+    code: object = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        if quiet_rank:
+            sys.stderr = sys.__stderr__
+    status = code if isinstance(code, int) else (0 if code is None else 1)
+    if quiet_rank and status not in (0, 1, 2):
+        sys.stderr.write(held.getvalue())
+    if not started_by_torchrun:
+        sys.exit(code)
+    if not isinstance(code, int | None):
+        print(code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

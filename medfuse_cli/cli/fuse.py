@@ -89,7 +89,7 @@ def fuse(
     ),
     batch_size: int = options.BATCH_SIZE,
     num_parts: int = options.NUM_PARTS,
-    part_id: int = options.PART_ID,
+    part_id: int | None = options.PART_ID,
     quiet: bool = options.QUIET,
     as_json: bool = options.JSON,
 ) -> None:
@@ -108,6 +108,11 @@ def fuse(
     existing = "replace" if overwrite else "skip" if skip_existing else "refuse"
     from medfuse_cli.pairs import select_part
 
+    if num_parts > 1 and part_id is None:
+        raise InputError(
+            f"--num-parts {num_parts} needs --part-id I (0..{num_parts - 1}): which part this run fuses"
+        )
+    part_id = part_id or 0
     select_part([], num_parts, part_id)  # a part that does not exist fails before any work
     sharded = num_parts > 1
     from medfuse_cli.pipeline import Fusion, check_chroma

@@ -63,7 +63,9 @@ NUM_PARTS = typer.Option(
     min=1,
     help="Split a folder run into N parts (every N-th pair of the sorted list), e.g. one per SLURM array task.",
 )
-PART_ID = typer.Option(0, "--part-id", min=0, help="Which part (0..N-1) of --num-parts this run fuses.")
+PART_ID: int | None = typer.Option(
+    None, "--part-id", min=0, help="Which part (0..N-1) of --num-parts this run fuses; required with it."
+)
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line.")
 JSON = typer.Option(False, "--json", help="Print a machine-readable JSON summary on stdout.")
 
