@@ -18,6 +18,7 @@ import numpy as np
 from medfuse_cli.atomic import write_atomically
 from medfuse_cli.errors import OutputError
 from medfuse_cli.io import encode_png
+from medfuse_cli.output_folders import create_folder
 
 
 def file_names(names: Iterable[str]) -> dict[str, str]:
@@ -170,15 +171,5 @@ class OutputFiles:
         self._created.clear()
 
     def _make_parents(self, folder: Path) -> None:
-        missing = []
-        while not folder.exists():
-            missing.append(folder)
-            folder = folder.parent
-        for made in reversed(missing):
-            try:
-                made.mkdir()
-            except FileExistsError:  # made meanwhile by someone else: not ours to remove
-                continue
-            except OSError as exc:
-                raise OutputError(f"cannot create {made}: {exc.strerror or exc}") from None
-            self._created.append(made)
+        """Create ``folder`` and its missing parents, remembered outermost first for clean-up."""
+        self._created.extend(reversed(create_folder(folder)))
