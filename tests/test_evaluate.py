@@ -290,7 +290,7 @@ def test_radar_normalisation_respects_direction_and_area() -> None:
 def test_metric_presets() -> None:
     assert parse_metrics("paper") == ["VIF", "MI", "UQI", "SSIM", "PSNR", "Qcb", "ARI", "FM", "CC"]
     assert parse_metrics("LYWNET") == ["SSIM", "PSNR", "MI", "ARI", "FM", "CC"]
-    assert len(parse_metrics("all")) == 21
+    assert len(parse_metrics("all")) == 40  # 21 + the 19 of "balance"
     assert parse_metrics(" ssim , qabf ") == ["SSIM", "Qabf"]
 
 

@@ -62,6 +62,8 @@ def test_identity_reaches_each_metrics_known_value(identity_scores: dict[str, fl
 def test_swapping_the_sources_changes_nothing(scores: dict[str, float]) -> None:
     swapped = compute_metrics(B, A, F)
     for name, value in scores.items():
+        if name.endswith(("_A", "_B")) or name == "PeakRetention":
+            continue  # one source's term, or B's excess over A: asymmetric by design
         if name == "VIFF":  # ties between the sources' gains go to B, by the reference's rule
             assert swapped[name] == pytest.approx(value, rel=1e-3)
         else:

@@ -40,7 +40,7 @@ def evaluate(
     metrics: str = typer.Option(
         "paper",
         "--metrics",
-        help="paper (the LWNet and LYWNet papers' metrics), lwnet, lywnet, all, or names like SSIM,PSNR,Qabf.",
+        help="paper (the LWNet and LYWNet papers' metrics), lwnet, lywnet, balance (per-source terms), all, or names like SSIM,PSNR,Qabf.",
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Folder for per_image.csv, summary.csv, summary.md and summary.json."

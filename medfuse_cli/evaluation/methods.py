@@ -13,7 +13,7 @@ from pathlib import Path
 
 from medfuse_cli.errors import InputError
 from medfuse_cli.fusers import check_weights_choice, get_fuser_spec, list_fusers
-from medfuse_cli.metrics import LWNET_METRICS, LYWNET_METRICS, METRICS, resolve_metric_names
+from medfuse_cli.metrics import BALANCE_METRICS, LWNET_METRICS, LYWNET_METRICS, METRICS, resolve_metric_names
 
 # The default: every metric either paper reports, LWNet's order first.
 PAPER_METRICS = tuple(dict.fromkeys(LWNET_METRICS + LYWNET_METRICS))
@@ -21,6 +21,7 @@ METRIC_PRESETS = {
     "paper": PAPER_METRICS,
     "lwnet": LWNET_METRICS,
     "lywnet": LYWNET_METRICS,
+    "balance": BALANCE_METRICS,
     "all": tuple(METRICS),
 }
 
@@ -72,7 +73,7 @@ def parse_metrics(spec: str | None) -> list[str]:
     """The metrics ``--metrics`` asks for.
 
     Args:
-        spec: A preset (paper, lwnet, lywnet, all; any case), a comma-separated list of metric
+        spec: A preset (paper, lwnet, lywnet, balance, all; any case), a comma-separated list of metric
             names, or None for the paper preset.
 
     Returns:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medfuse_cli.errors import InputError
-from medfuse_cli.metrics import clustering, fmi, gradient, information, structural, visual
+from medfuse_cli.metrics import balance, clustering, fmi, gradient, information, structural, visual
 from medfuse_cli.metrics._common import check_triple
 
 
@@ -55,6 +55,15 @@ _ALL = (
     Metric("FM", clustering.fowlkes_mallows, True, "Fowlkes-Mallows index of gray-level partitions"),
 )
 
+# Source balance (``--metrics balance``): each two-source metric's per-source terms and their
+# minimum, and whether the functional image's hot spots survive. See ``balance``.
+_BALANCE = (
+    *(Metric(name, function, True, description) for name, function, description in balance.source_metrics()),
+    Metric("PeakRetention", balance.peak_retention, True, "share of B's top-5% excess over A kept in F"),
+)
+BALANCE_METRICS = tuple(m.name for m in _BALANCE)
+_ALL = _ALL + _BALANCE
+
 METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
 
 # The metric sets each paper reports, in its column order.
@@ -91,4 +100,12 @@ def compute_metrics(
     return {name: METRICS[name].function(a, b, f) for name in selected}
 
 
-__all__ = ["LWNET_METRICS", "LYWNET_METRICS", "METRICS", "Metric", "compute_metrics", "resolve_metric_names"]
+__all__ = [
+    "BALANCE_METRICS",
+    "LWNET_METRICS",
+    "LYWNET_METRICS",
+    "METRICS",
+    "Metric",
+    "compute_metrics",
+    "resolve_metric_names",
+]

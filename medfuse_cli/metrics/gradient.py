@@ -74,13 +74,28 @@ def qabf(a: Array, b: Array, f: Array) -> float:
     (the sigmoids never reach 1). NaN when neither source has any edge (0/0).
     """
     a, b, f = check_triple(a, b, f, "Qabf")
-    g_a, ang_a = _edge_strength_orientation(a)
-    g_b, ang_b = _edge_strength_orientation(b)
     g_f, ang_f = _edge_strength_orientation(f)
+    kept_a, g_a = _weighted_preservation(a, g_f, ang_f)
+    kept_b, g_b = _weighted_preservation(b, g_f, ang_f)
     den = np.sum(g_a + g_b)
     if den == 0:
         return float("nan")
-    num = np.sum(
-        _edge_preservation(g_a, ang_a, g_f, ang_f) * g_a + _edge_preservation(g_b, ang_b, g_f, ang_f) * g_b
-    )
-    return float(num / den)
+    return float(np.sum(kept_a + kept_b) / den)
+
+
+def _weighted_preservation(x: Array, g_f: Array, ang_f: Array) -> tuple[Array, Array]:
+    """One source's share of Qabf: Q^{XF} gX per pixel, and the weight gX (Sobel magnitude)."""
+    g_x, ang_x = _edge_strength_orientation(x)
+    return _edge_preservation(g_x, ang_x, g_f, ang_f) * g_x, g_x
+
+
+def qabf_source_term(x: Array, f: Array) -> float:
+    """Qabf restricted to one source X: sum(Q^{XF} gX) / sum(gX), NaN when X has no edge.
+
+    The edge-strength-weighted preservation of X's edges alone, with Qabf's constants; Qabf is
+    the gX-weighted average of the two sources' terms, so it lies between them.
+    """
+    g_f, ang_f = _edge_strength_orientation(f)
+    kept, g_x = _weighted_preservation(x, g_f, ang_f)
+    den = np.sum(g_x)
+    return float("nan") if den == 0 else float(np.sum(kept) / den)

@@ -51,8 +51,12 @@ def mutual_information(a: Array, b: Array, f: Array) -> float:
     ~0.01 bits) on images that contain both levels, and equals VIFB/CDDFuse / ln 2 everywhere.
     """
     a, b, f = check_triple(a, b, f, "MI")
-    fl = gray_levels(f)
-    return _mutual_information(gray_levels(a), fl)[0] + _mutual_information(gray_levels(b), fl)[0]
+    return mutual_information_term(a, f) + mutual_information_term(b, f)
+
+
+def mutual_information_term(x: Array, f: Array) -> float:
+    """MI(X, F) in bits, one source's term of MI (256x256-bin joint histogram of 8-bit levels)."""
+    return _mutual_information(gray_levels(x), gray_levels(f))[0]
 
 
 def normalized_mutual_information(a: Array, b: Array, f: Array) -> float:

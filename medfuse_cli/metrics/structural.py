@@ -87,8 +87,30 @@ def psnr(a: Array, b: Array, f: Array) -> float:
     Infinite when F equals both sources.
     """
     a, b, f = check_triple(a, b, f, "PSNR")
-    mse = 0.5 * (np.mean((f - a) ** 2) + np.mean((f - b) ** 2))
+    return _psnr_db(0.5 * (_mse(a, f) + _mse(b, f)))
+
+
+def _mse(x: Array, f: Array) -> float:
+    """Mean squared difference of F from X on 0..255."""
+    return np.mean((f - x) ** 2)
+
+
+def _psnr_db(mse: float) -> float:
+    """10 log10(255^2 / MSE) dB, infinite for MSE 0."""
     return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
+
+
+def psnr_source_term(x: Array, f: Array) -> float:
+    """PSNR of F against one source X alone: 10 log10(255^2 / MSE(X, F)) dB.
+
+    PSNR itself is not the mean of the two terms (it averages the MSEs, not the decibels).
+    """
+    return _psnr_db(_mse(x, f))
+
+
+def ssim_source_term(x: Array, f: Array) -> float:
+    """SSIM(X, F), one source's term of SSIM (same window and constants)."""
+    return _ssim(x, f)
 
 
 def correlation_coefficient(a: Array, b: Array, f: Array) -> float:

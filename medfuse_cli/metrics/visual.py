@@ -101,7 +101,12 @@ def vif(a: Array, b: Array, f: Array) -> float:
     not piq's ``vif_p``. Images need at least 41x41 pixels.
     """
     a, b, f = check_triple(a, b, f, "VIF", min_size=VIF_MIN_SIZE)
-    return _vifp(a, f) + _vifp(b, f)
+    return vif_source_term(a, f) + vif_source_term(b, f)
+
+
+def vif_source_term(x: Array, f: Array) -> float:
+    """vifp(X, F), one source's term of VIF (range about 0..1, 1 for F = X)."""
+    return _vifp(x, f)
 
 
 def viff(a: Array, b: Array, f: Array) -> float:
