@@ -7,9 +7,12 @@ that time, or at any point of a run, ends it with ``interrupted`` on stderr and 
 import io
 import os
 import sys
+import time
 
 # 128 + SIGINT: the status a shell reports for a command stopped by Ctrl-C.
 INTERRUPTED_STATUS = 130
+# How long a failing rank other than 0 waits before exiting under torchrun (see run_as_module).
+RANK_0_GRACE_SECONDS = 3.0
 
 
 def main() -> None:
@@ -49,6 +52,10 @@ def run_as_module() -> None:
     status = code if isinstance(code, int) else (0 if code is None else 1)
     if quiet_rank and status not in (0, 1, 2):
         sys.stderr.write(held.getvalue())
+    if quiet_rank and status != 0:
+        # torchrun stops every process as soon as one fails: give rank 0, failing the same way,
+        # the moment it needs to print the run's one error line.
+        time.sleep(RANK_0_GRACE_SECONDS)
     if not started_by_torchrun:
         sys.exit(code)
     if not isinstance(code, int | None):
