@@ -6,6 +6,7 @@ that time, or at any point of a run, ends it with ``interrupted`` on stderr and 
 
 import io
 import os
+import signal
 import sys
 import time
 
@@ -15,9 +16,37 @@ INTERRUPTED_STATUS = 130
 RANK_0_GRACE_SECONDS = 3.0
 
 
+# The commands that load torch; ``--help`` does not.
+_TORCH_COMMANDS = {"fuse", "evaluate", "train", "benchmark", "export"}
+
+
+def _import_torch_holding_interrupts() -> None:
+    """Import torch with SIGINT held back, for the commands that need it.
+
+    A Ctrl-C that lands while torch's C++ extension initialises can surface as a C++ exception
+    there, and C++ then aborts the process (``terminate called ...``, status 134) instead of
+    Python raising KeyboardInterrupt. Held back, the signal is delivered the moment the import is
+    done, at a point where Python turns it into the usual ``interrupted`` line.
+    """
+    words = sys.argv[1:]
+    if (
+        not words
+        or words[0] not in _TORCH_COMMANDS
+        or "--help" in words
+        or not hasattr(signal, "pthread_sigmask")
+    ):
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        import torch  # noqa: F401
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def main() -> None:
     """Import and run the CLI (``medfuse_cli.cli.app.main``); an interrupt is one line, status 130."""
     try:
+        _import_torch_holding_interrupts()
         from medfuse_cli.cli.app import main as run
 
         run()
