@@ -33,24 +33,6 @@ def check_colormap(name: str) -> str:
     return name
 
 
-def apply_colormap(gray: np.ndarray, name: str) -> np.ndarray:
-    """Colour ``gray`` with the colour map ``name``.
-
-    Args:
-        gray: any shape, float in [0, 1] (a windowed image or volume).
-        name: a matplotlib colour map name (``check_colormap``).
-
-    Returns:
-        float32 RGB in [0, 1], shape ``gray.shape + (3,)``; matplotlib's 256-entry table, so the
-        same input gives the same colours on every machine.
-
-    Raises:
-        InputError: an unknown colour map.
-    """
-    table = colormap_table(name)
-    return table[_table_index(gray, len(table))]
-
-
 def colormap_table(name: str) -> np.ndarray:
     """The colour map's own table: float32 (N, 3) RGB in [0, 1] (N = 256 for matplotlib's maps).
 
@@ -64,7 +46,8 @@ def colormap_table(name: str) -> np.ndarray:
 
 
 def colormap_luma(gray: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """``split_luma(apply_colormap(gray, name))`` computed on the table, not on every pixel.
+    """``gray`` coloured by the colour map ``name`` and split into Y and Cb/Cr (as
+    ``color.split_luma`` would), computed on the map's table, not on every pixel.
 
     A colour map has N colours, so the YCbCr of its N entries (``color.rgb_to_ycbcr``) looked
     up per pixel is the same as converting the coloured image, at a fraction of the work and
@@ -73,8 +56,16 @@ def colormap_luma(gray: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     background does, so a map whose zero is coloured (``viridis``'s purple) does not tint the
     whole MRI around the uptake.
 
+    Args:
+        gray: any shape, float in [0, 1] (a windowed image or volume).
+        name: a matplotlib colour map name (``check_colormap``).
+
     Returns:
-        Y (``gray.shape``) and Cb/Cr (``gray.shape + (2,)``), float32 in [0, 1].
+        Y (``gray.shape``) and Cb/Cr (``gray.shape + (2,)``), float32 in [0, 1]; from
+        matplotlib's 256-entry table, so the same input gives the same colours on every machine.
+
+    Raises:
+        InputError: an unknown colour map.
     """
     from medfuse_cli.color import rgb_to_ycbcr
 

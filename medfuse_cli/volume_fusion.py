@@ -21,7 +21,14 @@ from medfuse_cli.color import merge_luma
 from medfuse_cli.colormaps import DEFAULT_COLORMAP, check_colormap, colormap_luma
 from medfuse_cli.errors import InputError
 from medfuse_cli.fusers.registry import CT, FUNCTIONAL
-from medfuse_cli.volumes import Volume, axial_images, check_same_grid, from_axial_images, resample_onto
+from medfuse_cli.volumes import (
+    Volume,
+    axial_images,
+    check_same_grid,
+    from_axial_images,
+    on_one_grid,
+    resample_onto,
+)
 from medfuse_cli.windows import Window, ct_window, functional_window, mri_window
 
 if TYPE_CHECKING:
@@ -215,9 +222,7 @@ def fuse_volumes(
         raise InputError("--colormap applies to PET/SPECT; a CT pair is fused in gray")
     colormap = None if kind == "ct" else check_colormap(options.colormap or DEFAULT_COLORMAP)
     resampled = False
-    if options.resample and (
-        mri.shape != second.shape or not np.allclose(mri.affine, second.affine, rtol=0, atol=1e-3)
-    ):
+    if options.resample and not on_one_grid(mri, second):
         second, resampled = resample_onto(second, mri), True
     check_same_grid(mri, second)
     mri_win, second_win = choose_windows(mri, second, kind, options)

@@ -178,16 +178,20 @@ def _read_nifti(path: Path) -> Volume:
     )
 
 
+def on_one_grid(first: Volume, second: Volume) -> bool:
+    """Whether two volumes share a voxel grid: one shape, affines within ``GRID_TOLERANCE_MM``."""
+    return first.shape == second.shape and np.allclose(
+        first.affine, second.affine, rtol=0, atol=GRID_TOLERANCE_MM
+    )
+
+
 def check_same_grid(mri: Volume, second: Volume) -> None:
     """Refuse two volumes whose voxel grids differ (shape, or an affine entry by > 1 µm).
 
     Raises:
         InputError: one line naming both grids and ``--resample``.
     """
-    same = mri.shape == second.shape and np.allclose(
-        mri.affine, second.affine, rtol=0, atol=GRID_TOLERANCE_MM
-    )
-    if not same:
+    if not on_one_grid(mri, second):
         if mri.shape != second.shape:
             what = "shapes differ"
         else:

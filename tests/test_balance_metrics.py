@@ -7,22 +7,13 @@ import math
 
 import numpy as np
 import pytest
+from phantoms import phantom
 
 from medfuse_cli.evaluation.methods import PAPER_METRICS, parse_metrics
 from medfuse_cli.metrics import BALANCE_METRICS, METRICS, compute_metrics
 
-
-def _phantom(seed: int, size: int = 72) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[:size, :size]
-    r = np.hypot(y - size / 2 + seed, x - size / 2)
-    img = np.where(r < size * 0.38, 90 + 60 * np.sin(x / (3 + seed)) + rng.normal(0, 12, (size, size)), 0.0)
-    img[size // 3 : size // 2, size // 4 : size // 2] += 70
-    return np.clip(np.rint(img), 0, 255)
-
-
-A = _phantom(1)
-B = _phantom(2)
+A = phantom(1)
+B = phantom(2)
 F = np.clip(np.rint(0.6 * A + 0.4 * B), 0, 255)
 FAMILIES = ("SSIM", "MI", "VIF", "CC", "PSNR", "Qabf")
 

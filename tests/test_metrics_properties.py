@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+from phantoms import phantom
 from scipy import fft
 
 from medfuse_cli.errors import MedfuseError
@@ -17,19 +18,8 @@ from medfuse_cli.metrics import METRICS, compute_metrics, resolve_metric_names
 from medfuse_cli.metrics import fmi as fmi_module
 from medfuse_cli.metrics.gradient import QABF_DA, QABF_KA, QABF_TA, QABF_TG
 
-
-def _phantom(seed: int, size: int = 72) -> np.ndarray:
-    """A small 8-bit 'slice': black background, a bright disc with texture, a few edges."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[:size, :size]
-    r = np.hypot(y - size / 2 + seed, x - size / 2)
-    img = np.where(r < size * 0.38, 90 + 60 * np.sin(x / (3 + seed)) + rng.normal(0, 12, (size, size)), 0.0)
-    img[size // 3 : size // 2, size // 4 : size // 2] += 70
-    return np.clip(np.rint(img), 0, 255)
-
-
-A = _phantom(1)
-B = _phantom(2)
+A = phantom(1)
+B = phantom(2)
 F = np.clip(np.rint(0.6 * A + 0.4 * B), 0, 255)
 
 
