@@ -13,7 +13,8 @@ from test_training_run import EpochClock
 
 from medfuse_cli.errors import InputError
 from medfuse_cli.io import write_png
-from medfuse_cli.training.losses import detail_score, fusion_loss, ssim, structural_score
+from medfuse_cli.metrics.balance import peak_retention
+from medfuse_cli.training.losses import detail_score, fusion_loss, peak_loss, ssim, structural_score
 from medfuse_cli.training.patches import load_pairs, patch_grid
 from medfuse_cli.training.recipes import RECIPES
 from medfuse_cli.training.run import RunSettings
@@ -83,7 +84,7 @@ def test_resumed_run_equals_uninterrupted_run(examples: Path, tmp_path: Path, la
     # thresholds of 0 let every output in: SPI must have admitted and replaced labels
     assert log[0]["added"] > 0 and log[0]["replaced"] > 0
     validation = log[-1]["validation"]
-    assert set(validation) == {"SSIM", "Qabf", "VIF", "functional_share"}
+    assert set(validation) == {"SSIM", "Qabf", "VIF", "SSIM_min", "PeakRetention", "functional_share"}
     assert 0.0 <= validation["functional_share"] <= 1.0  # a convex mix of the sources
     assert a.metadata["epochs"] == "2" and a.metadata["network"] == "LWNet"
     assert set(json.loads(a.metadata["initial_label_wins"])) == {"average", "laplacian", "maximum-png"}
@@ -113,10 +114,13 @@ def test_cli_trains_and_refuses_bad_input(examples: Path, tmp_path: Path, run_cl
         "--val-fraction",
         "0",
     ]
-    result = run_cli(*common, *tiny, "--label-fuser", "average", "--label-fuser", "maximum")
+    balance = ["--balance-weight", "0.5", "--peak-weight", "0.25"]
+    result = run_cli(*common, *tiny, *balance, "--label-fuser", "average", "--label-fuser", "maximum")
     assert result.code == 0, result.stderr
     metadata = read_checkpoint(out / WEIGHTS_FILE).metadata
     assert "--label-fuser average" in metadata["command"]
+    config = json.loads(metadata["config"])
+    assert (config["balance_weight"], config["peak_weight"]) == (0.5, 0.25)
 
     again = run_cli(*common, *tiny, "--label-fuser", "average")
     assert again.code == 1 and "--resume" in again.stderr
@@ -127,6 +131,8 @@ def test_cli_trains_and_refuses_bad_input(examples: Path, tmp_path: Path, run_cl
 def test_spi_needs_candidate_labels() -> None:
     with pytest.raises(InputError, match="candidate labels"):
         replace(CONFIG, label_fusers=(), label_dirs={})
+    with pytest.raises(InputError, match="at least 0"):
+        replace(CONFIG, peak_weight=-1.0)
 
 
 def test_patch_grid_covers_the_image_edge_to_edge() -> None:
@@ -155,3 +161,28 @@ def test_intensity_term_penalises_copying_the_mri() -> None:
 
     assert loss(mri, 2.0) > loss(mri, 0.0)  # the MRI copy is pulled back toward the brighter source
     assert loss(label, 2.0) == loss(label, 0.0)  # max(MRI, functional) itself costs nothing extra
+
+
+def test_peak_loss_is_one_minus_the_metrics_peak_retention() -> None:
+    rng = np.random.default_rng(3)
+    levels = rng.integers(0, 256, size=(3, 1, 40, 40)).astype(np.float64)
+    mri, functional = levels[:2]
+    for fused in (mri, functional, (mri + functional) / 2, levels[2]):
+        expected = 1 - peak_retention(mri[0], functional[0], fused[0])
+        a, b, f = (torch.from_numpy(x[None] / 255).float() for x in (mri, functional, fused))
+        assert float(peak_loss(f, a, b)[0]) == pytest.approx(expected, abs=1e-5)
+    # without a pixel where the functional image is brighter there is nothing to lose
+    a = torch.from_numpy(mri[None] / 255).float()
+    assert float(peak_loss(a, a, a * 0)[0]) == 0.0
+
+
+def test_balance_term_penalises_leaning_on_one_source() -> None:
+    torch.manual_seed(0)
+    mri, functional = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    average = (mri + functional) / 2
+
+    def loss(output: torch.Tensor, balance_weight: float) -> float:
+        return float(fusion_loss(output, average, mri, functional, 0.0, 0.0, balance_weight))
+
+    # against the same label, copying the MRI costs more with the balance term on
+    assert loss(mri, 1.0) - loss(mri, 0.0) > loss(average, 1.0) - loss(average, 0.0) > 0

@@ -182,6 +182,16 @@ def train(
         "lwnet: weight of the intensity loss toward max(MRI, functional) (0: off).",
         "intensity_weight",
     ),
+    balance_weight: float | None = _recipe_option(
+        "--balance-weight",
+        "lwnet: weight of the loss term 1 − min(SSIM(F, MRI), SSIM(F, functional)) (0: off).",
+        "balance_weight",
+    ),
+    peak_weight: float | None = _recipe_option(
+        "--peak-weight",
+        "lwnet: weight of the loss term 1 − PeakRetention, the functional peaks' lost excess (0: off).",
+        "peak_weight",
+    ),
     detail_weight: float | None = _recipe_option(
         "--detail-weight",
         "lwnet: weight of the detail term in the label score (0: SSIM sum only, as in the paper).",
@@ -230,6 +240,8 @@ def train(
         ("--admit", "admit", admit, _LWNET),
         ("--gradient-weight", "gradient_weight", gradient_weight, _LWNET),
         ("--intensity-weight", "intensity_weight", intensity_weight, _LWNET),
+        ("--balance-weight", "balance_weight", balance_weight, _LWNET),
+        ("--peak-weight", "peak_weight", peak_weight, _LWNET),
         ("--detail-weight", "detail_weight", detail_weight, _LWNET),
         ("--lr-schedule", "lr_schedule", lr_schedule, _LYWNET),
         ("--min-lr", "min_lr", min_lr, _LYWNET),

@@ -48,6 +48,9 @@ class SPIConfig:
             this × the patch's best candidate.
         gradient_weight: weight of the edge loss toward the stronger source gradient (0: off).
         intensity_weight: weight of the L1 loss toward max(MRI, functional) (0: off).
+        balance_weight: weight of 1 − min(SSIM(F, MRI), SSIM(F, functional)) in the loss (0: off).
+        peak_weight: weight of 1 − PeakRetention (the functional peaks' lost excess) in the
+            loss (0: off).
         detail_weight: weight of the detail term in the label score (0: the paper's SSIM sum).
         min_mean: a patch is dropped when both sources' mean intensity (in [0, 1]) is below this.
         seed: seeds the split, the labelled half, initialisation and every epoch's order.
@@ -70,11 +73,14 @@ class SPIConfig:
     detail_weight: float
     min_mean: float
     seed: int
+    balance_weight: float
+    peak_weight: float
 
     # Fields a resumed run may change: none, since an SPI run's label updates are tied to its
     # iteration and epoch counts.
     CHANGEABLE_ON_RESUME: ClassVar[tuple[str, ...]] = ()
-    STORED_BEFORE: ClassVar[dict[str, object]] = {}
+    # Fields added after runs were saved without them, with the value those runs trained with.
+    STORED_BEFORE: ClassVar[dict[str, object]] = {"balance_weight": 0.0, "peak_weight": 0.0}
 
     def __post_init__(self) -> None:
         _require(self.iterations >= 1 and self.epochs >= 1, "--iterations and --epochs must be at least 1")
@@ -84,7 +90,15 @@ class SPIConfig:
         _require(self.stride >= 1, "--stride must be at least 1")
         _require(0 < self.labelled_fraction <= 1, "--labelled-fraction must be in (0, 1]")
         _require(0 <= self.val_fraction < 1, "--val-fraction must be in [0, 1)")
-        ratios = (self.displace, self.admit, self.gradient_weight, self.intensity_weight, self.detail_weight)
+        ratios = (
+            self.displace,
+            self.admit,
+            self.gradient_weight,
+            self.intensity_weight,
+            self.detail_weight,
+            self.balance_weight,
+            self.peak_weight,
+        )
         _require(min(ratios) >= 0, "--displace, --admit and the loss and score weights must be at least 0")
         _require(
             bool(self.label_fusers or self.label_dirs),

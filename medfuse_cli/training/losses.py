@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from medfuse_cli.metrics.balance import PEAK_PERCENTILE
+
 _C1 = 0.01**2
 _C2 = 0.03**2
 
@@ -92,8 +94,18 @@ def fusion_loss(
     functional: Tensor,
     gradient_weight: float,
     intensity_weight: float = 0.0,
+    balance_weight: float = 0.0,
+    peak_weight: float = 0.0,
 ) -> Tensor:
-    """Supervised SPI loss: L1 + (1 − SSIM) toward the label, plus a detail and an intensity term.
+    """Supervised SPI loss: L1 + (1 − SSIM) toward the label, plus detail, intensity and balance terms.
+
+    Args:
+        output, label, anatomical, functional: (N, 1, S, S) float32 Y patches in [0, 1].
+        gradient_weight, intensity_weight, balance_weight, peak_weight: the terms' weights
+            (0: off), see below.
+
+    Returns:
+        The batch's mean loss, a scalar tensor (unitless, >= 0).
 
     The detail term, L1 between |∇output| and max(|∇MRI|, |∇functional|), pulls edges toward
     the stronger source: labels chosen by structural similarity alone are smooth (averaging
@@ -102,6 +114,11 @@ def fusion_loss(
     network to copy the MRI and drop the functional signal. The intensity term, L1 toward
     max(MRI, functional), holds it back: where the functional image is the brighter source
     (a tracer's uptake), the output must keep it.
+
+    The two balance terms ask directly for what ``medfuse evaluate --metrics balance`` scores
+    (issue 15): ``balance_weight`` × (1 − min(SSIM(output, MRI), SSIM(output, functional))), so
+    neither source's structure may be given up for the other's, and ``peak_weight`` × the share
+    of the functional peaks' excess the output loses (``peak_loss``).
     """
     loss = F.l1_loss(output, label) + (1 - ssim(output, label)).mean()
     if gradient_weight:
@@ -109,4 +126,46 @@ def fusion_loss(
         loss = loss + gradient_weight * F.l1_loss(gradient_magnitude(output), strongest)
     if intensity_weight:
         loss = loss + intensity_weight * F.l1_loss(output, torch.maximum(anatomical, functional))
+    if balance_weight:
+        worse = torch.minimum(ssim(output, anatomical), ssim(output, functional))
+        loss = loss + balance_weight * (1 - worse).mean()
+    if peak_weight:
+        loss = loss + peak_weight * peak_loss(output, anatomical, functional).mean()
     return loss
+
+
+def peak_mask(anatomical: Tensor, functional: Tensor, percentile: float) -> Tensor:
+    """The peak set of ``metrics.balance.peak_retention``, per sample: (N, 1, S, S) bool.
+
+    The pixels where E = functional − MRI > 0 and E is at least the ``percentile``-th percentile
+    (linear interpolation, as numpy's) of E over that sample's positive pixels; all False for a
+    sample where the functional image is nowhere brighter.
+    """
+    excess = functional - anatomical
+    masks = []
+    for e in excess:
+        positive = e[e > 0]
+        if positive.numel() == 0:
+            masks.append(torch.zeros_like(e, dtype=torch.bool))
+            continue
+        threshold = torch.quantile(positive, percentile / 100)
+        masks.append((e > 0) & (e >= threshold))
+    return torch.stack(masks)
+
+
+def peak_loss(output: Tensor, anatomical: Tensor, functional: Tensor) -> Tensor:
+    """1 − PeakRetention per sample (``metrics.balance.peak_retention``), differentiable in ``output``.
+
+    Args:
+        output, anatomical, functional: (N, 1, S, S) float32 Y in [0, 1].
+
+    Returns:
+        (N,) float32 in [0, 1]: the share of the excess E = functional − MRI on the peak set
+        (``peak_mask`` at ``PEAK_PERCENTILE``) that the output does not keep,
+        Σ_P (E − clip(output − MRI, 0, E)) / Σ_P E; 0 for a sample without peaks.
+    """
+    mask = peak_mask(anatomical, functional, PEAK_PERCENTILE).to(output.dtype)
+    excess = (functional - anatomical).clamp_min(0) * mask
+    kept = torch.minimum((output - anatomical).clamp_min(0), excess)
+    lost = (excess - kept).sum(dim=(1, 2, 3))
+    return lost / excess.sum(dim=(1, 2, 3)).clamp_min(1e-6)

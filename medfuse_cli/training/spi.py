@@ -38,8 +38,9 @@ import torch
 
 from medfuse_cli.errors import InputError
 from medfuse_cli.fusers.lwnet import CHECKPOINT_FORMAT, LWNet
+from medfuse_cli.metrics.balance import peak_retention
 from medfuse_cli.metrics.gradient import qabf
-from medfuse_cli.metrics.structural import ssim as ssim_metric
+from medfuse_cli.metrics.structural import ssim_source_term
 from medfuse_cli.metrics.visual import vif
 from medfuse_cli.training.config import SPIConfig
 from medfuse_cli.training.events import Listener, StepDone, ignore
@@ -200,7 +201,16 @@ class _SPI:
         rows = share if len(share) else batch[:1]
         a, b = self._crops(rows)
         target = self.labels.images(rows, self.patches, self.candidates).to(self.run.device)
-        loss = fusion_loss(self.network(a, b), target, a, b, config.gradient_weight, config.intensity_weight)
+        loss = fusion_loss(
+            self.network(a, b),
+            target,
+            a,
+            b,
+            config.gradient_weight,
+            config.intensity_weight,
+            config.balance_weight,
+            config.peak_weight,
+        )
         if world.distributed:
             loss = loss * world.loss_weight(len(share), len(batch))
         self.optimizer.zero_grad(set_to_none=True)
@@ -268,13 +278,14 @@ class _SPI:
         return {"added": added, "replaced": replaced}
 
     def _validate(self) -> dict[str, float]:
-        """Mean SSIM, Qabf and VIF (project metrics, 8-bit scale) on the held-out pairs, and the
-        functional share Σ|F − MRI| / Σ|functional − MRI| (0: the output copies the MRI, 0.5:
-        the average, 1: the functional image), which those metrics do not penalise: copying the
-        MRI scores well on all three while it drops the functional signal."""
+        """Mean SSIM, Qabf, VIF, SSIM_min and PeakRetention (project metrics, 8-bit scale; a pair
+        without peaks counts 0) on the held-out pairs, and the functional share
+        Σ|F − MRI| / Σ|functional − MRI| (0: the output copies the MRI, 0.5: the average, 1: the
+        functional image). The sums SSIM, Qabf and VIF do not penalise copying the MRI (it scores
+        well on all three while it drops the functional signal); SSIM_min and PeakRetention do."""
         if not self.val_images:
             return {}
-        totals = {"SSIM": 0.0, "Qabf": 0.0, "VIF": 0.0}
+        totals = dict.fromkeys(("SSIM", "Qabf", "VIF", "SSIM_min", "PeakRetention"), 0.0)
         moved = apart = 0.0
         device = self.run.device
         for i in self.val_images:
@@ -283,9 +294,13 @@ class _SPI:
             moved += float((fused - a).abs().sum())
             apart += float((b - a).abs().sum())
             a8, b8, f8 = (np.rint(x[0].numpy().astype(np.float64) * 255) for x in (a, b, fused))
-            totals["SSIM"] += ssim_metric(a8, b8, f8)
+            ssim_a, ssim_b = ssim_source_term(a8, f8), ssim_source_term(b8, f8)
+            totals["SSIM"] += (ssim_a + ssim_b) / 2
             totals["Qabf"] += qabf(a8, b8, f8)
             totals["VIF"] += vif(a8, b8, f8)
+            totals["SSIM_min"] += min(ssim_a, ssim_b)
+            retention = peak_retention(a8, b8, f8)
+            totals["PeakRetention"] += 0.0 if math.isnan(retention) else retention
         means = {name: round(value / len(self.val_images), 4) for name, value in totals.items()}
         return {**means, "functional_share": round(moved / max(apart, 1e-12), 4)}
 
