@@ -59,10 +59,12 @@ _LWNET_FUNCTIONAL = SPIConfig(
     val_fraction=0.1,
     displace=1.10,
     admit=1.00,
-    # 0.5 / 2.0 / 0.1: the design log's run e9 (MODEL_CARD.md); 1.0 / 0 / 0.25 trained this
-    # network to copy the MRI. The peak term 0.5: issue 15's run f-p05, which keeps the SPECT
-    # hot spots (PeakRetention 0.56 -> 0.97 on the validation pairs) at the least cost in Qabf.
-    gradient_weight=0.5,
+    # Intensity 2.0 and detail 0.1: the design log's run e9 (MODEL_CARD.md); gradient 1.0,
+    # intensity 0, detail 0.25 trained this network to copy the MRI. Peak 0.5 with the gradient
+    # term off: issue 15's run f-p05g0, which keeps the SPECT hot spots (PeakRetention 0.56 ->
+    # 0.93 on the validation pairs) and gives the functional image its share of SSIM without
+    # falling below the laplacian rule's Qabf.
+    gradient_weight=0.0,
     intensity_weight=2.0,
     detail_weight=0.1,
     min_mean=0.02,
@@ -102,7 +104,12 @@ RECIPES: dict[str, Recipe] = {
             # CT areas hide the MRI; the balance term and the peak term (which keeps the bone)
             # replace it.
             replace(
-                _LWNET_FUNCTIONAL, iterations=4, intensity_weight=0.0, balance_weight=1.0, peak_weight=1.0
+                _LWNET_FUNCTIONAL,
+                iterations=4,
+                gradient_weight=0.5,
+                intensity_weight=0.0,
+                balance_weight=1.0,
+                peak_weight=1.0,
             ),
             threads=1,
             reproduces="lwnet.ct",
