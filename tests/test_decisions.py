@@ -50,10 +50,12 @@ def test_a_marked_ct_is_still_read_as_gray_and_says_so(
     assert fused.ndim == 2  # a gray output, like the clean CT's
     if mark == "one-level":
         assert np.abs(fused.astype(int) - reference).max() <= 1
-    else:  # near the mark it shows; far away at most one level (LWNet's attention is global)
+    else:  # near the mark it shows; far away barely (LWNet's attention is global: the balanced
+        # lwnet.ct moves 3 % of the far pixels, by at most 2 levels)
         far = np.ones_like(fused, bool)
         far[:60, :60] = False
-        assert np.abs(fused[far].astype(int) - reference[far]).max() <= 1
+        moved = np.abs(fused[far].astype(int) - reference[far])
+        assert moved.max() <= 2 and np.mean(moved > 0) < 0.05
     line = run_cli("fuse", mri, marked, "-o", tmp_path / "line.png")
     assert (
         "second image gray" in line.stderr and "colour dropped" in line.stderr and "lwnet.ct" in line.stderr

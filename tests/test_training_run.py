@@ -142,7 +142,7 @@ def test_lwnet_recipes_are_the_shipped_checkpoints_recipes(name: str) -> None:
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()
     assert config_from_json(SPIConfig, json.loads(metadata["config"]), str(path)) == recipe.config
-    assert "--threads 1" in metadata["command"] and recipe.threads == 1
+    assert metadata["recipe"] == name and metadata["threads"] == "1" and recipe.threads == 1
     assert recipe.reproduces == "lwnet." + name.removeprefix("lwnet-")
 
 

@@ -246,52 +246,48 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int = SHALLOW_STRIDE) -> torch.T
 
 # --- checkpoints and builder ---------------------------------------------------------------
 
-_SPI_LABELS = (
-    "--gradient-weight 0.5 --intensity-weight 2.0 --detail-weight 0.1 --label-fuser average "
-    "--label-fuser laplacian --label-fuser maximum --label-dir IFCNN-MAX=../shared/labels/IFCNN-MAX "
-    "--label-dir GeSeNet=../shared/labels/GeSeNet --threads 1"
-)
 FUNCTIONAL_CHECKPOINT = Checkpoint(
     fuser="lwnet",
     tag="functional",
     filename="lwnet-functional.safetensors",
-    sha256="40b505d2b9633c1b5db13da7b05929f7515e0a8819a975fd1a4f35b03abc1e0b",
+    sha256="62f58461cc6627ae9e4f82811b670e0ec9addc89fbdece7e5e8a00bb747e170a",
     applies_to=FUNCTIONAL,
     meta={
         "network": "LWNet",
         "format": CHECKPOINT_FORMAT,
         "parameters": "6444",
         "data": '["../shared/data/harvard/SPECT-MRI/train"]',
-        "command": "medfuse train ../shared/data/harvard/SPECT-MRI/train --model lwnet --out "
-        f"runs/lwnet-functional --iterations 5 --epochs 3 {_SPI_LABELS}",
+        "command": "medfuse train ../shared/data/harvard/SPECT-MRI/train --recipe lwnet-functional "
+        "-o runs/lwnet-functional -q",
         "schedule": "5 SPI iterations x 3 epochs, Adam lr 0.001, batch 8, patches 120 stride 68, "
         "thresholds displace 1.1 admit 1.0",
         "epochs": "15",
-        "wall_time_minutes": "3.6",
-        "git_commit": "3a729a90ad25cf06b6d8f7248f682e8f17402149",
-        "test_metrics": '{"PET-MRI": {"Qabf": 0.7236, "SSIM": 0.7013, "VIF": 0.8576, "n": 24}, '
-        '"SPECT-MRI": {"Qabf": 0.7131, "SSIM": 0.7421, "VIF": 0.804, "n": 21}}',
+        "wall_time_minutes": "2.0",
+        "git_commit": "7b975c156ae55ae691573f0774d83ce3c39f9575",
+        "test_metrics": '{"PET-MRI": {"PeakRetention": 0.9998, "Qabf": 0.7219, "SSIM": 0.6915, '
+        '"SSIM_min": 0.5294, "VIF": 0.8051, "n": 24}, "SPECT-MRI": {"PeakRetention": 0.9292, '
+        '"Qabf": 0.6658, "SSIM": 0.7343, "SSIM_min": 0.5721, "VIF": 0.681, "n": 21}}',
     },
 )
 CT_CHECKPOINT = Checkpoint(
     fuser="lwnet",
     tag="ct",
     filename="lwnet-ct.safetensors",
-    sha256="16a8b2c00015065437b1986d13802026f4861c53a86fd070022a79be7f1e4ae0",
+    sha256="d0c74bb39230ffbd2b5cec2f2a360b1380eefa0bdcdc173e3ff15c47f65d448e",
     applies_to=CT,
     meta={
         "network": "LWNet",
         "format": CHECKPOINT_FORMAT,
         "parameters": "6444",
         "data": '["../shared/data/harvard/CT-MRI/train"]',
-        "command": "medfuse train ../shared/data/harvard/CT-MRI/train --model lwnet --out runs/lwnet-ct "
-        f"--iterations 4 --epochs 3 {_SPI_LABELS}",
+        "command": "medfuse train ../shared/data/harvard/CT-MRI/train --recipe lwnet-ct -o runs/lwnet-ct -q",
         "schedule": "4 SPI iterations x 3 epochs, Adam lr 0.001, batch 8, patches 120 stride 68, "
         "thresholds displace 1.1 admit 1.0",
         "epochs": "12",
-        "wall_time_minutes": "1.7",
-        "git_commit": "3a729a90ad25cf06b6d8f7248f682e8f17402149",
-        "test_metrics": '{"CT-MRI": {"Qabf": 0.5791, "SSIM": 0.742, "VIF": 0.7217, "n": 23}}',
+        "wall_time_minutes": "2.4",
+        "git_commit": "d0b2bf32de9b403ebedd8137d667ab2f3ebc9a2b",
+        "test_metrics": '{"CT-MRI": {"PeakRetention": 0.9977, "Qabf": 0.5805, "SSIM": 0.7457, '
+        '"SSIM_min": 0.7205, "VIF": 0.6948, "n": 23}}',
     },
 )
 
