@@ -66,7 +66,25 @@ def test_absurd_thread_counts_are_usage_errors(examples: Path, tmp_path: Path, r
         "--threads",
         "100000000000000000000",
     )
-    assert result.code == 2 and "Traceback" not in result.stderr
+    _one_error_line(result)
+    assert "--threads" in result.stderr and "medfuse fuse --help" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["train", "DATA", "-o", "RUN", "--balance-weight", "abc"], "--balance-weight"),
+        (["fuse", "MRI"], "'functional'"),
+        (["evaluate", "DATA", "--no-such-option"], "--no-such-option"),
+        (["no-such-command"], "no-such-command"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], names: str, tmp_path: Path, run_cli) -> None:
+    """A value of the wrong type, a missing argument, an unknown option or command: one
+    ``error:`` line and status 1 (the brief's rule), not Click's usage block with status 2."""
+    result = run_cli(*(str(tmp_path / a) if a.isupper() else a for a in args))
+    _one_error_line(result)
+    assert names in result.stderr
 
 
 def test_hidden_files_are_not_images_and_a_stem_twice_is_an_error(tmp_path: Path, run_cli) -> None:

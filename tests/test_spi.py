@@ -131,8 +131,11 @@ def test_cli_trains_and_refuses_bad_input(examples: Path, tmp_path: Path, run_cl
 def test_spi_needs_candidate_labels() -> None:
     with pytest.raises(InputError, match="candidate labels"):
         replace(CONFIG, label_fusers=(), label_dirs={})
-    with pytest.raises(InputError, match="at least 0"):
-        replace(CONFIG, peak_weight=-1.0)
+    for weight in (-1.0, float("nan"), float("inf")):  # NaN once trained a run into NaN weights
+        with pytest.raises(InputError, match="finite numbers of at least 0"):
+            replace(CONFIG, peak_weight=weight)
+    with pytest.raises(InputError, match="--lr must be a positive number"):
+        replace(CONFIG, learning_rate=float("inf"))
 
 
 def test_patch_grid_covers_the_image_edge_to_edge() -> None:

@@ -19,6 +19,11 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+try:  # Typer 0.2x carries its own copy of Click, whose exceptions are not click's
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # older Typer runs on click itself
+    from click import exceptions as click_exceptions
+
 from medfuse_cli import __version__
 from medfuse_cli.cli import benchmark, evaluate, export, fuse, models, train
 from medfuse_cli.errors import MedfuseError
@@ -29,12 +34,17 @@ BROKEN_PIPE_STATUS = 141
 
 
 class _Carried(BaseException):
-    """An exception carried past Typer, which would turn an interrupt into a silent exit 130
-    and a closed output pipe into exit 1; ``main`` raises it again as itself."""
+    """An exception carried past Typer, which would turn an interrupt into a silent exit 130,
+    a closed output pipe into exit 1 and a usage error into a usage block with status 2;
+    ``main`` raises it again as itself."""
 
     def __init__(self, exception: BaseException) -> None:
         super().__init__(exception)
         self.exception = exception
+
+
+# A bare `medfuse` raises this usage error to show the help (Click >= 8.2); it stays Click's.
+_HELP_REQUESTS = getattr(click_exceptions, "NoArgsIsHelpError", ())
 
 
 @contextmanager
@@ -42,6 +52,10 @@ def _carried_past_typer() -> Iterator[None]:
     try:
         yield
     except (KeyboardInterrupt, BrokenPipeError) as exc:
+        raise _Carried(exc) from None
+    except click_exceptions.UsageError as exc:  # a bad option or argument: one line from ``main``
+        if isinstance(exc, _HELP_REQUESTS):
+            raise  # bare `medfuse`: Click prints the help
         raise _Carried(exc) from None
 
 
@@ -105,8 +119,9 @@ def _show_notices() -> None:
 
 
 def main() -> None:
-    """Run the app; a MedfuseError, or an OSError no command explained (a report folder that
-    cannot be written, a full disk), becomes one ``error: …`` line and status 1.
+    """Run the app; a MedfuseError, a usage error (an option value of the wrong type, a missing
+    argument), or an OSError no command explained (a report folder that cannot be written, a
+    full disk), becomes one ``error: …`` line and status 1.
 
     Standard output is flushed here rather than at interpreter exit, so that a failure to write
     it is handled like any other: a full disk is an error, a closed pipe a quiet status 141.
@@ -127,10 +142,20 @@ def main() -> None:
     except MedfuseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except click_exceptions.UsageError as exc:
+        print(f"error: {_usage_message(exc)}", file=sys.stderr)
+        sys.exit(1)
     except OSError as exc:  # a file-system failure no command turned into its own message
         where = f": {exc.filename}" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         sys.exit(1)
+
+
+def _usage_message(exc: click_exceptions.UsageError) -> str:
+    """Click's message for a bad option value, a missing argument or an unknown option, on one
+    line, with the command whose ``--help`` explains it."""
+    message = " ".join(exc.format_message().split())
+    return f"{message} (see '{exc.ctx.command_path} --help')" if exc.ctx else message
 
 
 def _flush_stdout() -> None:

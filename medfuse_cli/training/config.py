@@ -12,6 +12,7 @@ A run stores its config (``dataclasses.asdict``, as JSON) in its checkpoints' me
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import ClassVar, TypeVar
@@ -85,7 +86,9 @@ class SPIConfig:
     def __post_init__(self) -> None:
         _require(self.iterations >= 1 and self.epochs >= 1, "--iterations and --epochs must be at least 1")
         _require(self.batch_size >= 1, "--batch-size must be at least 1")
-        _require(self.learning_rate > 0, "--lr must be positive")
+        _require(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0, "--lr must be a positive number"
+        )
         _require(self.patch_size >= 16, "--patch-size must be at least 16")
         _require(self.stride >= 1, "--stride must be at least 1")
         _require(0 < self.labelled_fraction <= 1, "--labelled-fraction must be in (0, 1]")
@@ -99,7 +102,10 @@ class SPIConfig:
             self.balance_weight,
             self.peak_weight,
         )
-        _require(min(ratios) >= 0, "--displace, --admit and the loss and score weights must be at least 0")
+        _require(
+            all(math.isfinite(ratio) and ratio >= 0 for ratio in ratios),
+            "--displace, --admit and the loss and score weights must be finite numbers of at least 0",
+        )
         _require(
             bool(self.label_fusers or self.label_dirs),
             "SPI needs candidate labels: pass --label-fuser NAME and/or --label-dir NAME=DIR",
@@ -146,12 +152,14 @@ class LYWNetConfig:
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "--epochs must be at least 1")
         _require(self.batch_size >= 1, "--batch-size must be at least 1")
-        _require(self.learning_rate > 0, "--lr must be positive")
+        _require(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0, "--lr must be a positive number"
+        )
         _require(
             self.lr_schedule in LR_SCHEDULES,
             f"unknown --lr-schedule '{self.lr_schedule}' (choose {' or '.join(LR_SCHEDULES)})",
         )
-        _require(self.min_lr >= 0, "--min-lr must be at least 0")
+        _require(math.isfinite(self.min_lr) and self.min_lr >= 0, "--min-lr must be a number of at least 0")
         _require(self.size >= 4, "the crop size must be at least 4 pixels")
         _require(
             self.train_norm in TRAIN_NORMS,

@@ -314,7 +314,10 @@ class _SPI:
             "schedule": (
                 f"{config.iterations} SPI iterations x {config.epochs} epochs, Adam lr "
                 f"{config.learning_rate}, batch {config.batch_size}, patches {config.patch_size} "
-                f"stride {config.stride}, thresholds displace {config.displace} admit {config.admit}"
+                f"stride {config.stride}, thresholds displace {config.displace} admit {config.admit}, "
+                f"loss weights gradient {config.gradient_weight} intensity {config.intensity_weight} "
+                f"balance {config.balance_weight} peak {config.peak_weight}, label score detail "
+                f"{config.detail_weight}"
             ),
             "initial_label_wins": json.dumps(self.run.progress["initial_wins"]),
             "spi_log": json.dumps(self.run.progress["log"]),
