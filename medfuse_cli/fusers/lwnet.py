@@ -250,7 +250,7 @@ FUNCTIONAL_CHECKPOINT = Checkpoint(
     fuser="lwnet",
     tag="functional",
     filename="lwnet-functional.safetensors",
-    sha256="62f58461cc6627ae9e4f82811b670e0ec9addc89fbdece7e5e8a00bb747e170a",
+    sha256="fd8c3b4f4863359ff76033cedc5c833f32d73992859973573cfb526003af8f37",
     applies_to=FUNCTIONAL,
     meta={
         "network": "LWNet",
@@ -260,10 +260,11 @@ FUNCTIONAL_CHECKPOINT = Checkpoint(
         "command": "medfuse train ../shared/data/harvard/SPECT-MRI/train --recipe lwnet-functional "
         "-o runs/lwnet-functional -q",
         "schedule": "5 SPI iterations x 3 epochs, Adam lr 0.001, batch 8, patches 120 stride 68, "
-        "thresholds displace 1.1 admit 1.0",
+        "thresholds displace 1.1 admit 1.0, loss weights gradient 0.0 intensity 2.0 balance 0.0 peak 0.5, "
+        "label score detail 0.1",
         "epochs": "15",
-        "wall_time_minutes": "2.0",
-        "git_commit": "7b975c156ae55ae691573f0774d83ce3c39f9575",
+        "wall_time_minutes": "4.1",
+        "git_commit": "97e3acea8fda420e4264b6219e7c2c82fe8bc289",
         "test_metrics": '{"PET-MRI": {"PeakRetention": 0.9998, "Qabf": 0.7219, "SSIM": 0.6915, '
         '"SSIM_min": 0.5294, "VIF": 0.8051, "n": 24}, "SPECT-MRI": {"PeakRetention": 0.9292, '
         '"Qabf": 0.6658, "SSIM": 0.7343, "SSIM_min": 0.5721, "VIF": 0.681, "n": 21}}',
@@ -273,7 +274,7 @@ CT_CHECKPOINT = Checkpoint(
     fuser="lwnet",
     tag="ct",
     filename="lwnet-ct.safetensors",
-    sha256="d0c74bb39230ffbd2b5cec2f2a360b1380eefa0bdcdc173e3ff15c47f65d448e",
+    sha256="7a3f289247aa892755f4b5c3aaa8b13d805dc8cd5119baa864ff106ace464237",
     applies_to=CT,
     meta={
         "network": "LWNet",
@@ -282,10 +283,11 @@ CT_CHECKPOINT = Checkpoint(
         "data": '["../shared/data/harvard/CT-MRI/train"]',
         "command": "medfuse train ../shared/data/harvard/CT-MRI/train --recipe lwnet-ct -o runs/lwnet-ct -q",
         "schedule": "4 SPI iterations x 3 epochs, Adam lr 0.001, batch 8, patches 120 stride 68, "
-        "thresholds displace 1.1 admit 1.0",
+        "thresholds displace 1.1 admit 1.0, loss weights gradient 0.5 intensity 0.0 balance 1.0 peak 1.0, "
+        "label score detail 0.1",
         "epochs": "12",
-        "wall_time_minutes": "2.4",
-        "git_commit": "d0b2bf32de9b403ebedd8137d667ab2f3ebc9a2b",
+        "wall_time_minutes": "3.5",
+        "git_commit": "97e3acea8fda420e4264b6219e7c2c82fe8bc289",
         "test_metrics": '{"CT-MRI": {"PeakRetention": 0.9977, "Qabf": 0.5805, "SSIM": 0.7457, '
         '"SSIM_min": 0.7205, "VIF": 0.6948, "n": 23}}',
     },
