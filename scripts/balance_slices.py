@@ -61,6 +61,8 @@ def draw(pairs: Path, peer: str, before: Path, after: Path, count: int, output: 
         )
     if count < 1:
         raise InputError(f"--count must be at least 1, got {count}")
+    if output.suffix.lower() != ".png":
+        raise InputError(f"-o takes a .png file, got {output}")
     if not output.parent.is_dir():
         raise InputError(f"the output's folder does not exist: {output.parent}")
     pair_sets, _ = find_pair_sets(pairs, SPLIT)

@@ -3,7 +3,8 @@
 ``tests/data/golden_fused_sha256.txt`` holds the sha256 of ``medfuse fuse`` outputs recorded
 before the renovation of issue 11 (``<model>-<KIND>-<name>.png <sha256>``). A change that is
 meant to alter outputs (new weights, a new rule) updates the file in the same commit and says why:
-the ``lywnet`` row was re-recorded when the 16-epoch LYWNet checkpoint replaced the 2-epoch one
+the ``lywnet`` row was re-recorded when the 16-epoch LYWNet checkpoint replaced the 2-epoch one and
+when the continued (16 + 17 epochs) one replaced it
 (the renovation itself left it unchanged), the ``lwnet`` rows when the balanced checkpoints
 of issue 15 replaced the issue-6 ones. Threads are those the CLI picks by default.
 """

@@ -229,7 +229,7 @@ def test_registry_builds_from_our_checkpoint_with_the_temperature_option(tmp_pat
         torch.testing.assert_close(
             built(anatomical, functional), expected(anatomical, functional), rtol=0, atol=0
         )
-    with pytest.raises(MedfuseError, match="temperature must be positive"):
+    with pytest.raises(MedfuseError, match="temperature must be a positive number"):
         create_fuser("lywnet", weights=path, temperature=0.0)
     assert (
         sum(p.numel() for p in create_fuser("lywnet", pretrained=False).parameters()) == 413_505
