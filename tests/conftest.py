@@ -42,3 +42,24 @@ def run_cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> C
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture
+def disk_full_on(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """``disk_full_on(NAME)``: from now on, writing an evaluation output file called NAME fails
+    as a full disk does (``OutputFiles.write`` raises ``OutputError``); ``monkeypatch.undo()``
+    ends it."""
+    from medfuse_cli.errors import OutputError
+    from medfuse_cli.evaluation.files import OutputFiles
+
+    write = OutputFiles.write
+
+    def fail_on(name: str) -> None:
+        def full_disk(self: OutputFiles, path: Path, *rest: object) -> object:
+            if path.name == name:
+                raise OutputError(f"cannot write {path}: No space left on device")
+            return write(self, path, *rest)
+
+        monkeypatch.setattr(OutputFiles, "write", full_disk)
+
+    return fail_on

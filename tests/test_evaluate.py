@@ -388,26 +388,16 @@ def test_summary_json_counts_the_finite_scores_as_the_csv_and_the_page_do(run_cl
 
 
 def test_a_failed_overwrite_leaves_the_old_tables_as_they_were(
-    run_cli, examples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run_cli, examples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disk_full_on
 ) -> None:
     """With --overwrite the new files replace the old ones only once all are written: a full
     disk at the third file leaves every old file, and no new one, in place."""
-    from medfuse_cli.errors import OutputError
-    from medfuse_cli.evaluation.files import OutputFiles
-
     out = tmp_path / "out"
     args = ("evaluate", examples / "CT-MRI", "-m", "average", "--metrics", FAST, "--out", out, "-q")
     assert run_cli(*args, "--plot").code == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert len(before) == 6
-    write = OutputFiles.write
-
-    def full_disk(self, path: Path, *rest):
-        if path.name == "summary.md":
-            raise OutputError(f"cannot write {path}: No space left on device")
-        return write(self, path, *rest)
-
-    monkeypatch.setattr(OutputFiles, "write", full_disk)
+    disk_full_on("summary.md")
     failed = run_cli(*args, "--plot", "--overwrite", "--metrics", "SSIM")
     assert failed.code == 1 and "No space left on device" in failed.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file left either

@@ -462,7 +462,7 @@ def test_an_output_in_the_inputs_is_refused_before_scoring(
 
 
 def test_a_failed_overwrite_leaves_the_old_report_as_it_was(
-    run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disk_full_on
 ) -> None:
     """The new report is made in a work folder and moved in only when whole: a run that fails
     while scoring, while writing (a full disk) or while moving the report in leaves the old
@@ -478,17 +478,7 @@ def test_a_failed_overwrite_leaves_the_old_report_as_it_was(
     assert failed.code == 1 and "is 32x32" in failed.stderr
     assert _tree(folder) == before
 
-    from medfuse_cli.errors import OutputError
-    from medfuse_cli.evaluation.files import OutputFiles
-
-    write = OutputFiles.write
-
-    def full_disk(self, path: Path, *rest):
-        if path.name == "index.html":
-            raise OutputError(f"cannot write {path}: No space left on device")
-        return write(self, path, *rest)
-
-    monkeypatch.setattr(OutputFiles, "write", full_disk)
+    disk_full_on("index.html")
     failed = run_cli(*_ct_args(folder, "--overwrite"))
     assert failed.code == 1 and "No space left on device" in failed.stderr
     assert _tree(folder) == before

@@ -455,9 +455,16 @@ HARVARD_CHECKPOINT = Checkpoint(
         "network": "LYWNet",
         "format": "medfuse-lywnet-1",
         "parameters": "413505",
-        "data": '["../shared/data/harvard/SPECT-MRI/train", "../shared/data/harvard/PET-MRI/train", "../shared/data/harvard/CT-MRI/train"]',
-        "command": "medfuse train ../shared/data/harvard/SPECT-MRI/train ../shared/data/harvard/PET-MRI/train ../shared/data/harvard/CT-MRI/train --model lywnet --recipe lywnet-cpu -o /work/runs/lywnet-c2 --init /work/runs/lywnet-cos16/lywnet.safetensors --epochs 12 --lr 1e-4 --min-lr 1e-6 --max-minutes 90 --threads 1",
-        "schedule": "autoencoder, 17 of 20 epochs over 1368 Y images, Adam lr 0.0001 (cosine to 1e-06), batch 16, 32 px, loss weights (1.0, 25.0, 4.0), batch statistics in training, from /work/runs/lywnet-cos16/lywnet.safetensors (sha256 8752e584c4aea544b6e9c95dcd54bb2065dd79306bdf3bd5b098b2d0d8974a1d)",
+        "data": '["../shared/data/harvard/SPECT-MRI/train", "../shared/data/harvard/PET-MRI/train", '
+        '"../shared/data/harvard/CT-MRI/train"]',
+        "command": "medfuse train ../shared/data/harvard/SPECT-MRI/train ../shared/data/harvard/PET-MRI/train "
+        "../shared/data/harvard/CT-MRI/train --model lywnet --recipe lywnet-cpu -o /work/runs/lywnet-c2 "
+        "--init /work/runs/lywnet-cos16/lywnet.safetensors --epochs 12 --lr 1e-4 --min-lr 1e-6 "
+        "--max-minutes 90 --threads 1",
+        "schedule": "autoencoder, 17 of 20 epochs over 1368 Y images, Adam lr 0.0001 (cosine to 1e-06), "
+        "batch 16, 32 px, loss weights (1.0, 25.0, 4.0), batch statistics in training, from "
+        "/work/runs/lywnet-cos16/lywnet.safetensors "
+        "(sha256 8752e584c4aea544b6e9c95dcd54bb2065dd79306bdf3bd5b098b2d0d8974a1d)",
         "epochs": "17",
         "wall_time_minutes": "76.6",
         "git_commit": "93c8a93a2a74e9e78f33842674d12c7b2a1dc4bd",

@@ -28,6 +28,12 @@ def _require(condition: bool, message: str) -> None:
         raise InputError(message)
 
 
+def _require_learning_rate(learning_rate: float) -> None:
+    """Both trainers' check of ``--lr``: a finite number above 0 (NaN or inf would train a run
+    into NaN weights)."""
+    _require(math.isfinite(learning_rate) and learning_rate > 0, "--lr must be a positive number")
+
+
 @dataclass(frozen=True)
 class SPIConfig:
     """LWNet trained with SPI, structural-similarity pseudo-label iteration (see ``training.spi``).
@@ -86,9 +92,7 @@ class SPIConfig:
     def __post_init__(self) -> None:
         _require(self.iterations >= 1 and self.epochs >= 1, "--iterations and --epochs must be at least 1")
         _require(self.batch_size >= 1, "--batch-size must be at least 1")
-        _require(
-            math.isfinite(self.learning_rate) and self.learning_rate > 0, "--lr must be a positive number"
-        )
+        _require_learning_rate(self.learning_rate)
         _require(self.patch_size >= 16, "--patch-size must be at least 16")
         _require(self.stride >= 1, "--stride must be at least 1")
         _require(0 < self.labelled_fraction <= 1, "--labelled-fraction must be in (0, 1]")
@@ -152,9 +156,7 @@ class LYWNetConfig:
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "--epochs must be at least 1")
         _require(self.batch_size >= 1, "--batch-size must be at least 1")
-        _require(
-            math.isfinite(self.learning_rate) and self.learning_rate > 0, "--lr must be a positive number"
-        )
+        _require_learning_rate(self.learning_rate)
         _require(
             self.lr_schedule in LR_SCHEDULES,
             f"unknown --lr-schedule '{self.lr_schedule}' (choose {' or '.join(LR_SCHEDULES)})",

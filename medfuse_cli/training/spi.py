@@ -206,10 +206,10 @@ class _SPI:
             target,
             a,
             b,
-            config.gradient_weight,
-            config.intensity_weight,
-            config.balance_weight,
-            config.peak_weight,
+            gradient_weight=config.gradient_weight,
+            intensity_weight=config.intensity_weight,
+            balance_weight=config.balance_weight,
+            peak_weight=config.peak_weight,
         )
         if world.distributed:
             loss = loss * world.loss_weight(len(share), len(batch))
