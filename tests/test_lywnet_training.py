@@ -21,6 +21,7 @@ from medfuse_cli.training.lywnet_trainer import (
     augmentation_draws,
     autoencoder_loss,
     finalize_checkpoint,
+    held_out_batch,
     learning_rate_at,
     train_lywnet,
 )
@@ -88,6 +89,48 @@ def test_augmentation_draws_move_the_generator_as_augment_does(shape: tuple[int,
     assert min(resized) >= 8 and 0 <= top <= resized[0] - 8 and 0 <= left <= resized[1] - 8
     height, width = shape[1:] if turns % 2 == 0 else shape[:0:-1]
     assert rescaled[0] <= height and rescaled[1] <= width
+
+
+def test_native_crops_keep_the_images_own_scale() -> None:
+    """``crop_scale="native"`` crops from the rescaled image (0.5 to 1 times its size) instead of
+    resizing it to the crop size: a 64 px image is never shrunk below 32 px on its short side."""
+    y = torch.rand(1, 64, 64)
+    for seed in range(20):
+        _, rescaled, resized, _, _ = augmentation_draws(y.shape, 8, torch.Generator().manual_seed(seed), True)
+        assert resized == rescaled and 32 <= min(resized) <= 64
+        whole = augmentation_draws(y.shape, 8, torch.Generator().manual_seed(seed))[2]
+        assert min(whole) == 8
+    crop = augment(y, 8, torch.Generator().manual_seed(0), native=True)
+    assert crop.shape == (1, 8, 8)
+    # A ramp keeps its slope per pixel at native scale (at most 2x steeper), not 8x as when
+    # the whole image is resized to the crop; a quarter turn moves the slope to the other axis.
+    ramp = torch.linspace(0, 1, 64).repeat(64, 1)[None]
+
+    def slope(crop: torch.Tensor) -> float:
+        return float(crop.diff(dim=-1).abs().mean() + crop.diff(dim=-2).abs().mean())
+
+    for seed in range(5):
+        native = slope(augment(ramp, 8, torch.Generator().manual_seed(seed), native=True))
+        whole = slope(augment(ramp, 8, torch.Generator().manual_seed(seed)))
+        assert native < 2.2 / 63 < 5 / 63 < whole
+
+
+def test_held_out_images_at_native_scale_are_the_whole_images() -> None:
+    images = [torch.rand(1, 24, 24), torch.rand(1, 24, 24)]
+    assert torch.equal(held_out_batch(images, 8, native=True), torch.stack(images))
+    assert held_out_batch(images, 8).shape == (2, 1, 8, 8)
+
+
+def test_native_crop_scale_is_a_training_option(tiny_data: Path, tmp_path: Path) -> None:
+    path = train_lywnet(
+        replace(CONFIG, epochs=1, crop_scale="native"),
+        RunSettings(out=tmp_path / "native", data=(str(tiny_data),), command="test", threads=1),
+    )
+    meta = read_checkpoint(path).metadata
+    assert json.loads(meta["options"])["crop_scale"] == "native"
+    assert "8 px crops at native scale" in meta["schedule"]
+    with pytest.raises(InputError, match="unknown --crop-scale 'tiny'"):
+        replace(CONFIG, crop_scale="tiny")
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tiny_data: Path, tmp_path: Path) -> None:

@@ -213,6 +213,14 @@ def train(
         "lywnet: normalisation statistics while training: batch (the authors') or image (as at inference).",
         "train_norm",
     ),
+    crop_size: int | None = _recipe_option(
+        "--crop-size", "lywnet: side in pixels of the training crops (the authors': 32).", "size"
+    ),
+    crop_scale: str | None = _recipe_option(
+        "--crop-scale",
+        "lywnet: whole (the authors': each image resized to --crop-size) or native (crops at the scale fused).",
+        "crop_scale",
+    ),
     init: Path | None = _recipe_option(
         "--init", "lywnet: start from this LYWNet checkpoint of ours (a run's lywnet.safetensors).", "init"
     ),
@@ -247,6 +255,8 @@ def train(
         ("--min-lr", "min_lr", min_lr, _LYWNET),
         ("--monitor", "monitor", tuple(str(m) for m in monitor) if monitor else None, _LYWNET),
         ("--train-norm", "train_norm", train_norm, _LYWNET),
+        ("--crop-size", "size", crop_size, _LYWNET),
+        ("--crop-scale", "crop_scale", crop_scale, _LYWNET),
         ("--init", "init", str(init) if init else None, _LYWNET),
     ]
     # Imported here, not at the top: the trainers pull in torch, which `--help` need not pay for.

@@ -21,6 +21,7 @@ from medfuse_cli.errors import CheckpointError, InputError
 
 LR_SCHEDULES = ("constant", "cosine")
 TRAIN_NORMS = ("batch", "image")
+CROP_SCALES = ("whole", "native")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -128,6 +129,10 @@ class LYWNetConfig:
             ``min_lr`` over all planned steps).
         min_lr: the last learning rate of the cosine schedule, >= 0.
         size: side in pixels of the augmented training crops, at least 4.
+        crop_scale: where the crops come from: ``whole`` (the authors': the rescaled image resized
+            to ``size`` on its short side, so a crop is nearly the whole image, 8x smaller than
+            it is fused) or ``native`` (cropped from the rescaled image itself, at 0.5 to 1 times
+            the scale it is fused at; our change, so the network learns the scale it works at).
         seed: seeds initialisation and every epoch's order and augmentation.
         monitor: pair folders whose images give a held-out loss after every epoch (none: off).
         train_norm: the statistics LYWNet's normalisation uses while training: ``batch`` (the
@@ -147,11 +152,12 @@ class LYWNetConfig:
     monitor: tuple[str, ...]
     train_norm: str
     init: str
+    crop_scale: str
 
     # A resumed run may plan more (or fewer) epochs: the documented way to train longer.
     CHANGEABLE_ON_RESUME: ClassVar[tuple[str, ...]] = ("epochs",)
     # Fields added after runs were saved without them, with the value those runs trained with.
-    STORED_BEFORE: ClassVar[dict[str, object]] = {"train_norm": "batch", "init": ""}
+    STORED_BEFORE: ClassVar[dict[str, object]] = {"train_norm": "batch", "init": "", "crop_scale": "whole"}
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "--epochs must be at least 1")
@@ -166,6 +172,10 @@ class LYWNetConfig:
         _require(
             self.train_norm in TRAIN_NORMS,
             f"unknown --train-norm '{self.train_norm}' (choose {' or '.join(TRAIN_NORMS)})",
+        )
+        _require(
+            self.crop_scale in CROP_SCALES,
+            f"unknown --crop-scale '{self.crop_scale}' (choose {' or '.join(CROP_SCALES)})",
         )
 
 

@@ -63,17 +63,22 @@ def autoencoder_loss(out: Tensor, target: Tensor) -> tuple[Tensor, dict[str, flo
     return total, {"mse": mse.item(), "cosine": cosine.item(), "edge": edge.item()}
 
 
-def augment(y: Tensor, size: int, generator: torch.Generator) -> Tensor:
-    """One (1, H, W) Y image -> (1, size, size): random 90-degree turn, rescale, resize, crop."""
-    turns, rescaled, resized, top, left = augmentation_draws(y.shape, size, generator)
+def augment(y: Tensor, size: int, generator: torch.Generator, native: bool = False) -> Tensor:
+    """One (1, H, W) Y image -> (1, size, size): random 90-degree turn, rescale, resize, crop.
+
+    ``native`` skips the resize to ``size`` (``crop_scale="native"``): the crop then comes from
+    the rescaled image, at 0.5 to 1 times its own scale (resized only if smaller than ``size``).
+    """
+    turns, rescaled, resized, top, left = augmentation_draws(y.shape, size, generator, native)
     y = torch.rot90(y, turns, dims=(1, 2))
     y = F.interpolate(y[None], size=rescaled, mode="bicubic", antialias=True, align_corners=False)
-    y = F.interpolate(y, size=resized, mode="bilinear", antialias=True, align_corners=False)[0]
-    return y[:, top : top + size, left : left + size].clamp(0.0, 1.0)
+    if resized != rescaled:
+        y = F.interpolate(y, size=resized, mode="bilinear", antialias=True, align_corners=False)
+    return y[0, :, top : top + size, left : left + size].clamp(0.0, 1.0)
 
 
 def augmentation_draws(
-    shape: torch.Size, size: int, generator: torch.Generator
+    shape: torch.Size, size: int, generator: torch.Generator, native: bool = False
 ) -> tuple[int, tuple[int, int], tuple[int, int], int, int]:
     """``augment``'s random draws for an image of ``shape``, and the sizes they give: quarter
     turns, the rescaled and the resized (height, width), the crop's top and left.
@@ -86,7 +91,8 @@ def augmentation_draws(
     height, width = shape[-2:] if turns % 2 == 0 else (shape[-1], shape[-2])
     rescaled = (max(1, int(height * scale)), max(1, int(width * scale)))
     short = min(rescaled)
-    resized = (max(size, round(rescaled[0] * size / short)), max(size, round(rescaled[1] * size / short)))
+    target = size if not native else max(size, short)
+    resized = (max(size, round(rescaled[0] * target / short)), max(size, round(rescaled[1] * target / short)))
     top = int(torch.randint(resized[0] - size + 1, (1,), generator=generator))
     left = int(torch.randint(resized[1] - size + 1, (1,), generator=generator))
     return turns, rescaled, resized, top, left
@@ -105,25 +111,30 @@ def learning_rate_at(config: LYWNetConfig, step: int, total_steps: int) -> float
     return config.min_lr + 0.5 * (config.learning_rate - config.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def held_out_batch(images: list[Tensor], size: int) -> Tensor:
-    """Fixed (no randomness) size×size versions of held-out Y images: (N, 1, size, size).
+def held_out_batch(images: list[Tensor], size: int, native: bool = False) -> Tensor:
+    """Fixed (no randomness) square versions of held-out Y images: (N, 1, side, side).
 
-    Each image is resized (bilinear, antialiased) to ``size`` on its short side and its top-left
-    size×size corner kept, the authors' training resolution without their random augmentation.
+    Whole scale (the authors' training resolution without their random augmentation): each
+    image resized (bilinear, antialiased) to ``size`` on its short side, its top-left size×size
+    corner kept. ``native``: each image at its own scale, as it is fused, its top-left corner of
+    the smallest image's short side kept (the whole image when all have one square size).
     """
+    side = min(min(y.shape[-2:]) for y in images) if native else size
     fixed = []
     for y in images:
-        height, width = y.shape[-2:]
-        scale = size / min(height, width)
-        shape = (max(size, round(height * scale)), max(size, round(width * scale)))
-        resized = F.interpolate(y[None], size=shape, mode="bilinear", antialias=True, align_corners=False)
-        fixed.append(resized[0, :, :size, :size].clamp(0.0, 1.0))
+        if not native:
+            height, width = y.shape[-2:]
+            scale = size / min(height, width)
+            shape = (max(size, round(height * scale)), max(size, round(width * scale)))
+            y = F.interpolate(y[None], size=shape, mode="bilinear", antialias=True, align_corners=False)[0]
+        fixed.append(y[:, :side, :side].clamp(0.0, 1.0))
     return torch.stack(fixed)
 
 
 @torch.inference_mode()
-def held_out_loss(model: LYWNet, batch: Tensor, chunk: int = 32) -> dict[str, float]:
-    """The authors' loss on ``batch`` with inference normalisation (per image), in chunks.
+def held_out_loss(model: LYWNet, batch: Tensor) -> dict[str, float]:
+    """The authors' loss on ``batch`` with inference normalisation (per image), in chunks of
+    at most 32 images of 32×32 pixels' worth (one 256×256 image at a time), to bound memory.
 
     Logged every epoch next to the same number for a reference checkpoint, it tells how far
     the run is from the authors' weights without fusing a test image.
@@ -131,6 +142,7 @@ def held_out_loss(model: LYWNet, batch: Tensor, chunk: int = 32) -> dict[str, fl
     was_training = model.training
     model.eval()
     totals = {"loss": 0.0, "mse": 0.0, "cosine": 0.0, "edge": 0.0}
+    chunk = max(1, 32 * 32 * 32 // (batch.shape[-2] * batch.shape[-1]))
     for start in range(0, len(batch), chunk):
         part = batch[start : start + chunk]
         loss, parts = autoencoder_loss(model.autoencode(part), part)
@@ -222,7 +234,7 @@ def _load_own_checkpoint(model: LYWNet, path: Path) -> str:
 
 
 def _held_out(config: LYWNetConfig) -> Tensor:
-    """The monitor folders' images at the training size (``held_out_batch``).
+    """The monitor folders' images at the training crops' scale (``held_out_batch``).
 
     Raises:
         InputError: a folder is missing or holds no pairs, naming ``--monitor``.
@@ -231,7 +243,7 @@ def _held_out(config: LYWNetConfig) -> Tensor:
         images = training_images([Path(folder) for folder in config.monitor])
     except InputError as exc:
         raise InputError(f"--monitor: {exc}") from None
-    return held_out_batch(images, config.size)
+    return held_out_batch(images, config.size, config.crop_scale == "native")
 
 
 class Autoencoder(nn.Module):
@@ -316,10 +328,13 @@ def _train_epoch(
             group["lr"] = lr
         chunk = order[start : start + config.batch_size]
         if world.distributed:
-            for key, value in _step(network, optimizer, images, chunk, config.size, generator, world).items():
+            for key, value in _step(network, optimizer, images, chunk, config, generator, world).items():
                 totals[key] += value
         else:
-            batch = torch.stack([augment(images[i], config.size, generator) for i in chunk]).to(device)
+            native = config.crop_scale == "native"
+            batch = torch.stack([augment(images[i], config.size, generator, native) for i in chunk]).to(
+                device
+            )
             loss, parts = autoencoder_loss(network(batch), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -341,7 +356,7 @@ def _step(
     optimizer: torch.optim.Optimizer,
     images: list[Tensor],
     chunk: list[int],
-    size: int,
+    config: LYWNetConfig,
     generator: torch.Generator,
     world: World,
 ) -> dict[str, float]:
@@ -355,12 +370,13 @@ def _step(
         The batch's loss and its parts, each summed over its images (as one process sums them).
     """
     device = next(network.parameters()).device
+    size, native = config.size, config.crop_scale == "native"
     crops = []
     for position, index in enumerate(chunk):
         if position % world.size == world.rank:
-            crops.append(augment(images[index], size, generator))
+            crops.append(augment(images[index], size, generator, native))
         else:
-            augmentation_draws(images[index].shape, size, generator)
+            augmentation_draws(images[index].shape, size, generator, native)
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     if crops:
         batch = torch.stack(crops).to(device)
@@ -413,7 +429,8 @@ def _metadata(model: LYWNet, config: LYWNetConfig, progress: dict) -> dict[str, 
         "images": str(progress["images"]),
         "schedule": (
             f"autoencoder, {progress['epochs_done']} of {config.epochs} epochs over {progress['images']} Y "
-            f"images, Adam lr {config.learning_rate} ({schedule}), batch {config.batch_size}, {config.size} px, "
+            f"images, Adam lr {config.learning_rate} ({schedule}), batch {config.batch_size}, {config.size} px "
+            f"crops at {config.crop_scale} scale, "
             f"loss weights {LOSS_WEIGHTS}, {config.train_norm} statistics in training{start}"
         ),
         "training_log": json.dumps(progress["log"]),

@@ -83,6 +83,7 @@ _LYWNET_AUTHORS = LYWNetConfig(
     monitor=(),
     train_norm="batch",
     init="",
+    crop_scale="whole",
 )
 
 RECIPES: dict[str, Recipe] = {
