@@ -77,6 +77,8 @@ def test_absurd_thread_counts_are_usage_errors(examples: Path, tmp_path: Path, r
         (["fuse", "MRI"], "'functional'"),
         (["evaluate", "DATA", "--no-such-option"], "--no-such-option"),
         (["no-such-command"], "no-such-command"),
+        (["fuse", "MRI", "SPECT", "--threads"], "requires an argument. (see 'medfuse fuse --help')"),
+        (["train", "DATA", "--crop-size"], "(see 'medfuse train --help')"),
     ],
 )
 def test_usage_errors_are_one_line(args: list[str], names: str, tmp_path: Path, run_cli) -> None:

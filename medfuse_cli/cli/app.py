@@ -155,7 +155,18 @@ def _usage_message(exc: click_exceptions.UsageError) -> str:
     """Click's message for a bad option value, a missing argument or an unknown option, on one
     line, with the command whose ``--help`` explains it."""
     message = " ".join(exc.format_message().split())
-    return f"{message} (see '{exc.ctx.command_path} --help')" if exc.ctx else message
+    return f"{message} (see '{_command_path(exc)} --help')"
+
+
+def _command_path(exc: click_exceptions.UsageError) -> str:
+    """The command the error is about: Click's context when it has one; otherwise (an option
+    whose value is missing fails before the context is attached) the command named first on
+    the command line, or ``medfuse`` itself."""
+    if exc.ctx:
+        return exc.ctx.command_path
+    words = [word for word in sys.argv[1:] if not word.startswith("-")]
+    names = {command.name for command in app.registered_commands}
+    return f"medfuse {words[0]}" if words and words[0] in names else "medfuse"
 
 
 def _flush_stdout() -> None:
