@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from medfuse_cli.errors import InputError
-from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, load_lywnet
+from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, LYWNet, load_lywnet
 from medfuse_cli.training.lywnet_trainer import (
     STATE_FILE,
     WEIGHTS_FILE,
@@ -21,7 +21,8 @@ from medfuse_cli.training.lywnet_trainer import (
     augmentation_draws,
     autoencoder_loss,
     finalize_checkpoint,
-    held_out_batch,
+    held_out_images,
+    held_out_loss,
     learning_rate_at,
     train_lywnet,
 )
@@ -116,9 +117,49 @@ def test_native_crops_keep_the_images_own_scale() -> None:
 
 
 def test_held_out_images_at_native_scale_are_the_whole_images() -> None:
-    images = [torch.rand(1, 24, 24), torch.rand(1, 24, 24)]
-    assert torch.equal(held_out_batch(images, 8, native=True), torch.stack(images))
-    assert held_out_batch(images, 8).shape == (2, 1, 8, 8)
+    images = [torch.rand(1, 24, 24), torch.rand(1, 30, 41)]
+    native = held_out_images(images, 8, native=True)
+    assert [tuple(y.shape) for y in native] == [(1, 1, 24, 24), (1, 1, 30, 41)]
+    assert torch.equal(native[1][0], images[1])
+    assert [tuple(y.shape) for y in held_out_images(images, 8)] == [(1, 1, 8, 8)] * 2
+
+
+def test_held_out_loss_scores_each_image_whole_and_equals_the_batch_loss() -> None:
+    """Images of any size are scored on their own pixels (padded as LYWNet pads to fuse); for
+    images of one size the per-image mean is the loss of the whole batch."""
+    torch.manual_seed(0)
+    model = LYWNet().eval()
+    same = [torch.rand(1, 1, 16, 16) for _ in range(3)]
+    with torch.no_grad():
+        batch_loss, _ = autoencoder_loss(model.autoencode(torch.cat(same)), torch.cat(same))
+    assert held_out_loss(model, same)["loss"] == pytest.approx(batch_loss.item(), rel=1e-4)
+    odd = held_out_loss(model, [torch.rand(1, 1, 30, 41), torch.rand(1, 1, 6, 6)])
+    assert all(np.isfinite(value) for value in odd.values())
+
+
+@pytest.mark.parametrize("size", [4, 15, 30])
+def test_crop_sizes_lywnet_cannot_take_are_refused(size: int) -> None:
+    with pytest.raises(InputError, match="--crop-size must be a multiple of 4 and at least 8"):
+        replace(CONFIG, size=size)
+
+
+def test_native_crops_larger_than_half_an_image_are_refused(tiny_data: Path, tmp_path: Path) -> None:
+    """20 px images rescaled to 0.5-1x are 10-20 px: a 12 px native crop would need enlarging."""
+    run = RunSettings(out=tmp_path / "big", data=(str(tiny_data),), command="test", threads=1)
+    with pytest.raises(InputError, match=r"--crop-size 12 does not fit --crop-scale native.*8 or less"):
+        train_lywnet(replace(CONFIG, size=12, crop_scale="native"), run)
+    assert not (tmp_path / "big").exists()
+
+
+def test_a_native_monitor_image_too_small_to_fuse_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+    monitor = tmp_path / "monitor"
+    for modality in ("MRI", "CT"):
+        (monitor / modality).mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 9), np.uint8)).save(monitor / modality / "a.png")
+    run = RunSettings(out=tmp_path / "small", data=(str(tiny_data),), command="test", threads=1)
+    config = replace(CONFIG, epochs=1, crop_scale="native", monitor=(str(monitor),))
+    with pytest.raises(InputError, match=r"--monitor: 2 image.* smaller than LYWNet fuses \(9x4"):
+        train_lywnet(config, run)
 
 
 def test_native_crop_scale_is_a_training_option(tiny_data: Path, tmp_path: Path) -> None:

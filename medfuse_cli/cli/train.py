@@ -218,7 +218,7 @@ def train(
     ),
     crop_scale: str | None = _recipe_option(
         "--crop-scale",
-        "lywnet: whole (the authors': each image resized to --crop-size) or native (crops at the scale fused).",
+        "lywnet: whole (the authors': each image resized to --crop-size) or native (crops at 0.5-1x the scale fused).",
         "crop_scale",
     ),
     init: Path | None = _recipe_option(

@@ -128,7 +128,7 @@ class LYWNetConfig:
         lr_schedule: ``constant`` (the authors') or ``cosine`` (from ``learning_rate`` down to
             ``min_lr`` over all planned steps).
         min_lr: the last learning rate of the cosine schedule, >= 0.
-        size: side in pixels of the augmented training crops, at least 4.
+        size: side in pixels of the augmented training crops, a multiple of 4 and at least 8.
         crop_scale: where the crops come from: ``whole`` (the authors': the rescaled image resized
             to ``size`` on its short side, so a crop is nearly the whole image, 8x smaller than
             it is fused) or ``native`` (cropped from the rescaled image itself, at 0.5 to 1 times
@@ -168,7 +168,11 @@ class LYWNetConfig:
             f"unknown --lr-schedule '{self.lr_schedule}' (choose {' or '.join(LR_SCHEDULES)})",
         )
         _require(math.isfinite(self.min_lr) and self.min_lr >= 0, "--min-lr must be a number of at least 0")
-        _require(self.size >= 4, "the crop size must be at least 4 pixels")
+        _require(
+            self.size >= 8 and self.size % 4 == 0,
+            f"--crop-size must be a multiple of 4 and at least 8 (LYWNet's quarter-resolution level needs "
+            f"2x2 pixels), got {self.size}",
+        )
         _require(
             self.train_norm in TRAIN_NORMS,
             f"unknown --train-norm '{self.train_norm}' (choose {' or '.join(TRAIN_NORMS)})",

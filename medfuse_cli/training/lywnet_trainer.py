@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medfuse_cli.errors import CheckpointError, InputError
-from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, ImageNorm, LYWNet
+from medfuse_cli.fusers.lywnet import MIN_SIZE, OWN_FORMAT, PER_IMAGE, ImageNorm, LYWNet, pad_to_multiple
 from medfuse_cli.training.config import LYWNetConfig
 from medfuse_cli.training.distributed import SINGLE, World, sum_over_processes
 from medfuse_cli.training.events import Listener, StepDone, ignore
@@ -67,7 +67,8 @@ def augment(y: Tensor, size: int, generator: torch.Generator, native: bool = Fal
     """One (1, H, W) Y image -> (1, size, size): random 90-degree turn, rescale, resize, crop.
 
     ``native`` skips the resize to ``size`` (``crop_scale="native"``): the crop then comes from
-    the rescaled image, at 0.5 to 1 times its own scale (resized only if smaller than ``size``).
+    the rescaled image, at 0.5 to 1 times its own scale (training refuses images whose half is
+    smaller than ``size``; here such an image is resized up to ``size``).
     """
     turns, rescaled, resized, top, left = augmentation_draws(y.shape, size, generator, native)
     y = torch.rot90(y, turns, dims=(1, 2))
@@ -111,15 +112,13 @@ def learning_rate_at(config: LYWNetConfig, step: int, total_steps: int) -> float
     return config.min_lr + 0.5 * (config.learning_rate - config.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def held_out_batch(images: list[Tensor], size: int, native: bool = False) -> Tensor:
-    """Fixed (no randomness) square versions of held-out Y images: (N, 1, side, side).
+def held_out_images(images: list[Tensor], size: int, native: bool = False) -> list[Tensor]:
+    """Fixed (no randomness) versions of held-out Y images, each (1, 1, h, w) float32 in [0, 1].
 
     Whole scale (the authors' training resolution without their random augmentation): each
     image resized (bilinear, antialiased) to ``size`` on its short side, its top-left size×size
-    corner kept. ``native``: each image at its own scale, as it is fused, its top-left corner of
-    the smallest image's short side kept (the whole image when all have one square size).
+    corner kept. ``native``: each image whole, at its own size, as it is fused.
     """
-    side = min(min(y.shape[-2:]) for y in images) if native else size
     fixed = []
     for y in images:
         if not native:
@@ -127,29 +126,32 @@ def held_out_batch(images: list[Tensor], size: int, native: bool = False) -> Ten
             scale = size / min(height, width)
             shape = (max(size, round(height * scale)), max(size, round(width * scale)))
             y = F.interpolate(y[None], size=shape, mode="bilinear", antialias=True, align_corners=False)[0]
-        fixed.append(y[:, :side, :side].clamp(0.0, 1.0))
-    return torch.stack(fixed)
+            y = y[:, :size, :size]
+        fixed.append(y[None].clamp(0.0, 1.0))
+    return fixed
 
 
 @torch.inference_mode()
-def held_out_loss(model: LYWNet, batch: Tensor) -> dict[str, float]:
-    """The authors' loss on ``batch`` with inference normalisation (per image), in chunks of
-    at most 32 images of 32×32 pixels' worth (one 256×256 image at a time), to bound memory.
+def held_out_loss(model: LYWNet, images: list[Tensor]) -> dict[str, float]:
+    """The authors' loss with inference normalisation (per image), averaged over ``images``.
 
-    Logged every epoch next to the same number for a reference checkpoint, it tells how far
-    the run is from the authors' weights without fusing a test image.
+    Each image is reconstructed on its own, padded as ``LYWNet`` pads it to fuse and scored on
+    its own pixels, so images of any size (at least ``MIN_SIZE``) are scored whole; for images
+    of one size the mean equals the loss of the whole batch. Logged every epoch next to the
+    same number for a reference checkpoint, it tells how far the run is from the authors'
+    weights without fusing a test image.
     """
     was_training = model.training
     model.eval()
     totals = {"loss": 0.0, "mse": 0.0, "cosine": 0.0, "edge": 0.0}
-    chunk = max(1, 32 * 32 * 32 // (batch.shape[-2] * batch.shape[-1]))
-    for start in range(0, len(batch), chunk):
-        part = batch[start : start + chunk]
-        loss, parts = autoencoder_loss(model.autoencode(part), part)
+    for y in images:
+        height, width = y.shape[-2:]
+        out = model.autoencode(pad_to_multiple(y))[..., :height, :width]
+        loss, parts = autoencoder_loss(out, y)
         for key, value in {"loss": loss.item(), **parts}.items():
-            totals[key] += value * len(part)
+            totals[key] += value
     model.train(was_training)
-    return {key: round(value / len(batch), 6) for key, value in totals.items()}
+    return {key: round(value / len(images), 6) for key, value in totals.items()}
 
 
 def training_images(data_dirs: list[Path]) -> list[Tensor]:
@@ -183,7 +185,8 @@ def train_lywnet(config: LYWNetConfig, settings: RunSettings, on_event: Listener
     """
     with Run(settings, RUN_FILES, config, on_event) as run:
         images = training_images(run.data)
-        monitor = _held_out(config).to(run.device) if config.monitor else None
+        _check_crop_fits(images, config)
+        monitor = [y.to(run.device) for y in _held_out(config)] if config.monitor else None
         run.message(
             f"{len(images)} training images"
             + (f", {len(monitor)} held-out images for the loss per epoch" if monitor is not None else "")
@@ -233,17 +236,46 @@ def _load_own_checkpoint(model: LYWNet, path: Path) -> str:
     return sha256_of(path)
 
 
-def _held_out(config: LYWNetConfig) -> Tensor:
-    """The monitor folders' images at the training crops' scale (``held_out_batch``).
+def _held_out(config: LYWNetConfig) -> list[Tensor]:
+    """The monitor folders' images at the training crops' scale (``held_out_images``).
 
     Raises:
-        InputError: a folder is missing or holds no pairs, naming ``--monitor``.
+        InputError: a folder is missing or holds no pairs, or (native scale) an image is smaller
+            than LYWNet fuses, naming ``--monitor``.
     """
     try:
         images = training_images([Path(folder) for folder in config.monitor])
     except InputError as exc:
         raise InputError(f"--monitor: {exc}") from None
-    return held_out_batch(images, config.size, config.crop_scale == "native")
+    native = config.crop_scale == "native"
+    small = [y for y in images if min(y.shape[-2:]) < MIN_SIZE] if native else []
+    if small:
+        height, width = small[0].shape[-2:]
+        raise InputError(
+            f"--monitor: {len(small)} image(s) smaller than LYWNet fuses ({width}x{height}; at least "
+            f"{MIN_SIZE} px on each side)"
+        )
+    return held_out_images(images, config.size, native)
+
+
+def _check_crop_fits(images: list[Tensor], config: LYWNetConfig) -> None:
+    """Native crops come from images rescaled to 0.5-1x: refuse a crop larger than half an image's
+    short side, which would have to be made by enlarging the image (a scale the option excludes).
+
+    Raises:
+        InputError: naming the smallest image's size and the largest crop that fits.
+    """
+    if config.crop_scale != "native":
+        return
+    short = min(min(y.shape[-2:]) for y in images)
+    if config.size > short // 2:
+        largest = short // 2 // 4 * 4
+        instead = f"--crop-size {largest} or less, or " if largest >= 8 else ""
+        raise InputError(
+            f"--crop-size {config.size} does not fit --crop-scale native: the smallest training image is "
+            f"{short} px on its short side, and crops come from it rescaled to 0.5-1x (use {instead}"
+            f"--crop-scale whole)"
+        )
 
 
 class Autoencoder(nn.Module):
