@@ -429,7 +429,7 @@ def test_an_error_is_one_line_on_rank_0_and_every_process_fails(two: TwoProcesse
     assert two.results[0]["contradicting"]["code"] == two.results[1]["contradicting"]["code"] == 1
     out, err = two.output("contradicting", 0)
     assert out == "" and err.count("\n") == 1
-    assert err.startswith("error: resuming ") and "learning_rate 0.5 (the run's: 1.0)" in err
+    assert err.startswith("error: resuming ") and "--lr 0.5 (the run's: 1.0)" in err
     assert two.output("contradicting", 1) == ("", "")
     assert two.results[0]["contradicting"]["writes"] == two.results[1]["contradicting"]["writes"] == []
 

@@ -88,6 +88,14 @@ def test_a_budget_too_small_for_any_epoch_is_an_error(tmp_path: Path) -> None:
     assert not any(isinstance(event, EpochStarted) for event in clock.events)
 
 
+@pytest.mark.parametrize("budget", [-1.0, float("nan"), float("inf")])
+def test_a_budget_that_is_not_a_number_of_minutes_is_refused_up_front(tmp_path: Path, budget: float) -> None:
+    clock = EpochClock()
+    with pytest.raises(InputError, match="--max-minutes must be a number of at least 0"):
+        _toy_run(tmp_path / "run", clock, max_minutes=budget)
+    assert not clock.events
+
+
 def test_events_come_in_order(tmp_path: Path) -> None:
     clock = EpochClock()
     _toy_run(tmp_path / "run", clock)
@@ -126,7 +134,7 @@ def test_a_run_folder_is_never_reused_and_resume_needs_a_state(tmp_path: Path) -
 def test_resume_refuses_options_that_contradict_the_run(tmp_path: Path) -> None:
     _toy_run(tmp_path / "run", EpochClock(), max_minutes=1.0)
     settings = RunSettings(out=tmp_path / "run", resume=True, clock=EpochClock())
-    with pytest.raises(InputError, match=r"learning_rate 0\.5 \(the run's: 0\.0001\)"):
+    with pytest.raises(InputError, match=r"--lr 0\.5 \(the run's: 0\.0001\)"):
         Run(settings, TOY_FILES, replace(TOY_CONFIG, learning_rate=0.5))
     with Run(settings, TOY_FILES, replace(TOY_CONFIG, epochs=9)) as run:  # LYWNet's epochs may change
         assert run.progress["epochs_done"] == 1
@@ -218,7 +226,7 @@ def test_train_on_cpu_then_resume_with_nothing_but_resume(examples: Path, tmp_pa
 
     contradicting = run_cli("train", "-o", out, "--resume", "--lr", "0.5")
     assert contradicting.code == 1 and contradicting.stderr.count("\n") == 1
-    assert "learning_rate 0.5 (the run's: 0.0001)" in contradicting.stderr
+    assert "--lr 0.5 (the run's: 0.0001)" in contradicting.stderr
 
     resumed = run_cli("train", "-o", out, "--resume", "--epochs", "2", "-q")  # the run's own threads
     assert resumed.code == 0, resumed.stderr

@@ -184,6 +184,21 @@ class LYWNetConfig:
 
 
 Config = SPIConfig | LYWNetConfig
+
+# Config fields whose ``medfuse train`` option is not ``--`` + the field's name with dashes.
+_FLAG_OF_FIELD = {
+    "learning_rate": "--lr",
+    "size": "--crop-size",
+    "label_fusers": "--label-fuser",
+    "label_dirs": "--label-dir",
+}
+
+
+def option_flag(field: str) -> str:
+    """The ``medfuse train`` option that sets config field ``field`` (for messages)."""
+    return _FLAG_OF_FIELD.get(field, "--" + field.replace("_", "-"))
+
+
 C = TypeVar("C", SPIConfig, LYWNetConfig)
 
 

@@ -26,6 +26,7 @@ A trainer supplies the model, the optimizer, one epoch's work and its own metada
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
@@ -38,7 +39,7 @@ from safetensors import SafetensorError, safe_open
 from medfuse_cli.errors import CheckpointError, InputError
 from medfuse_cli.output_folders import create_folder, remove_if_empty
 from medfuse_cli.training import distributed
-from medfuse_cli.training.config import Config, config_from_json
+from medfuse_cli.training.config import Config, config_from_json, option_flag
 from medfuse_cli.training.events import EpochFinished, EpochStarted, Listener, Message, ignore
 from medfuse_cli.training.provenance import Provenance, git_commit
 from medfuse_cli.training.state import TrainingState, load_training_state, save_training_state
@@ -133,8 +134,10 @@ class Run:
     """
 
     def __init__(self, settings: RunSettings, files: RunFiles, config: Config, on_event: Listener = ignore):
-        if settings.max_minutes is not None and settings.max_minutes < 0:
-            raise InputError("--max-minutes must be at least 0")
+        if settings.max_minutes is not None and not (
+            math.isfinite(settings.max_minutes) and settings.max_minutes >= 0
+        ):
+            raise InputError("--max-minutes must be a number of at least 0")
         self.out = Path(settings.out)
         self.files = files
         self.device = distributed.process_device(settings.device)
@@ -191,12 +194,12 @@ class Run:
         own = config_from_json(type(config), stored.config, str(self.out / self.files.weights))
         changeable = type(config).CHANGEABLE_ON_RESUME
         conflicts = [
-            f"{f.name} {getattr(config, f.name)!r} (the run's: {getattr(own, f.name)!r})"
+            f"{option_flag(f.name)} {getattr(config, f.name)!r} (the run's: {getattr(own, f.name)!r})"
             for f in fields(config)
             if f.name not in changeable and getattr(config, f.name) != getattr(own, f.name)
         ]
         if conflicts:
-            may = f"; only {', '.join(changeable)} may change" if changeable else ""
+            may = f"; only {', '.join(map(option_flag, changeable))} may change" if changeable else ""
             raise InputError(
                 f"resuming {self.out} with other options: {'; '.join(conflicts)} (a resumed run keeps its own{may})"
             )
