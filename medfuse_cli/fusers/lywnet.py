@@ -394,52 +394,59 @@ _TEST_METRICS = json.dumps(
     {
         "CT-MRI": {
             "mean": {
-                "CC": 0.8169,
-                "MI": 2.9221,
-                "PSNR": 15.4251,
-                "Qabf": 0.3531,
-                "SSIM": 0.7157,
-                "VIF": 0.4451,
+                "CC": 0.807,
+                "MI": 2.8831,
+                "PSNR": 14.4055,
+                "Qabf": 0.4082,
+                "SSIM": 0.7282,
+                "VIF": 0.4473,
             },
             "n": 23,
             "std": {
-                "CC": 0.0222,
-                "MI": 0.2192,
-                "PSNR": 0.8464,
-                "Qabf": 0.0502,
-                "SSIM": 0.0518,
-                "VIF": 0.0409,
+                "CC": 0.0242,
+                "MI": 0.2379,
+                "PSNR": 0.6023,
+                "Qabf": 0.0499,
+                "SSIM": 0.0331,
+                "VIF": 0.0388,
             },
         },
         "PET-MRI": {
-            "mean": {"CC": 0.857, "MI": 3.0686, "PSNR": 15.0686, "Qabf": 0.2651, "SSIM": 0.4731, "VIF": 0.61},
+            "mean": {
+                "CC": 0.8501,
+                "MI": 3.0372,
+                "PSNR": 14.9976,
+                "Qabf": 0.34,
+                "SSIM": 0.5891,
+                "VIF": 0.6215,
+            },
             "n": 24,
             "std": {
-                "CC": 0.0238,
-                "MI": 0.1621,
-                "PSNR": 0.7898,
-                "Qabf": 0.0316,
-                "SSIM": 0.1221,
-                "VIF": 0.0796,
+                "CC": 0.0251,
+                "MI": 0.1878,
+                "PSNR": 0.7902,
+                "Qabf": 0.0375,
+                "SSIM": 0.0937,
+                "VIF": 0.0658,
             },
         },
         "SPECT-MRI": {
             "mean": {
-                "CC": 0.9008,
-                "MI": 3.1452,
-                "PSNR": 18.3729,
-                "Qabf": 0.4338,
-                "SSIM": 0.667,
-                "VIF": 0.521,
+                "CC": 0.899,
+                "MI": 3.1261,
+                "PSNR": 15.6049,
+                "Qabf": 0.4642,
+                "SSIM": 0.7073,
+                "VIF": 0.5316,
             },
             "n": 21,
             "std": {
-                "CC": 0.0162,
-                "MI": 0.2303,
-                "PSNR": 0.9456,
-                "Qabf": 0.0544,
-                "SSIM": 0.1117,
-                "VIF": 0.0534,
+                "CC": 0.0174,
+                "MI": 0.2061,
+                "PSNR": 0.8602,
+                "Qabf": 0.0447,
+                "SSIM": 0.0597,
+                "VIF": 0.0581,
             },
         },
     },
@@ -449,7 +456,7 @@ HARVARD_CHECKPOINT = Checkpoint(
     fuser="lywnet",
     tag="harvard",
     filename="lywnet-harvard.safetensors",
-    sha256="4410473e59544c86c702aa3ae1f10dd0f3927eb05a600740d9eaf8285efe2a5f",
+    sha256="aec99d18e3f030b572eef1991c80f84e8a02a5c120990d7bb0a137b235a61ad2",
     applies_to=None,
     meta={
         "network": "LYWNet",
@@ -458,16 +465,16 @@ HARVARD_CHECKPOINT = Checkpoint(
         "data": '["../shared/data/harvard/SPECT-MRI/train", "../shared/data/harvard/PET-MRI/train", '
         '"../shared/data/harvard/CT-MRI/train"]',
         "command": "medfuse train ../shared/data/harvard/SPECT-MRI/train ../shared/data/harvard/PET-MRI/train "
-        "../shared/data/harvard/CT-MRI/train --model lywnet --recipe lywnet-cpu -o /work/runs/lywnet-c2 "
-        "--init /work/runs/lywnet-cos16/lywnet.safetensors --epochs 12 --lr 1e-4 --min-lr 1e-6 "
-        "--max-minutes 90 --threads 1",
-        "schedule": "autoencoder, 17 of 20 epochs over 1368 Y images, Adam lr 0.0001 (cosine to 1e-06), "
-        "batch 16, 32 px, loss weights (1.0, 25.0, 4.0), batch statistics in training, from "
-        "/work/runs/lywnet-cos16/lywnet.safetensors "
-        "(sha256 8752e584c4aea544b6e9c95dcd54bb2065dd79306bdf3bd5b098b2d0d8974a1d)",
-        "epochs": "17",
-        "wall_time_minutes": "76.6",
-        "git_commit": "93c8a93a2a74e9e78f33842674d12c7b2a1dc4bd",
+        "../shared/data/harvard/CT-MRI/train --model lywnet --recipe lywnet-cpu -o /work/runs/lywnet-ni "
+        "--init weights/lywnet-harvard.safetensors --epochs 4 --lr 3e-5 --min-lr 1e-6 --crop-size 64 "
+        "--crop-scale native --train-norm image --max-minutes 100 --threads 1",
+        "schedule": "autoencoder, 3 of 4 epochs over 1368 Y images, Adam lr 3e-05 (cosine to 1e-06), "
+        "batch 16, 64 px crops at native scale, loss weights (1.0, 25.0, 4.0), image statistics in training, "
+        "from weights/lywnet-harvard.safetensors "
+        "(sha256 4410473e59544c86c702aa3ae1f10dd0f3927eb05a600740d9eaf8285efe2a5f)",
+        "epochs": "3",
+        "wall_time_minutes": "91.3",
+        "git_commit": "8551c9df6afac348f20573cd77b8e8c3651e0560",
         "test_metrics": _TEST_METRICS,
     },
 )
