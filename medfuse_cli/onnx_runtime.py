@@ -36,7 +36,7 @@ from torch import nn
 
 from medfuse_cli import __version__
 from medfuse_cli.atomic import prepare_folder, write_atomically
-from medfuse_cli.errors import CheckpointError, InputError
+from medfuse_cli.errors import InputError
 from medfuse_cli.export import (
     DEFAULT_OPSET,
     WeightsRecord,
@@ -48,7 +48,7 @@ from medfuse_cli.export import (
 )
 from medfuse_cli.fusers import list_fusers
 from medfuse_cli.fusers.registry import FuserSpec
-from medfuse_cli.weights import sha256_of
+from medfuse_cli.weights import require_checkpoint_file, sha256_of
 
 log = logging.getLogger("medfuse_cli")
 
@@ -136,11 +136,10 @@ def checkpoint_sha256(spec: FuserSpec, checkpoint: str | None, weights: Path | N
     (its file is verified against it when it is loaded), or that of the ``--weights`` file.
 
     Raises:
-        CheckpointError: the ``--weights`` file does not exist.
+        CheckpointError: the ``--weights`` path does not exist or is a folder.
     """
     if weights is not None:
-        if not Path(weights).is_file():
-            raise CheckpointError(f"checkpoint not found: {weights}")
+        require_checkpoint_file(Path(weights))
         return sha256_of(Path(weights))
     record = spec.checkpoint(checkpoint) if checkpoint is not None else spec.checkpoints[0]
     return record.sha256

@@ -70,6 +70,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def require_checkpoint_file(path: Path) -> None:
+    """Raise ``CheckpointError`` unless ``path`` is a file: missing, or a folder, said as such."""
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint is a folder, not a file: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+
+
 def read_checkpoint(path: Path, sha256: str | None = None) -> LoadedCheckpoint:
     """Read a safetensors file after checking it is one (and, if given, its sha256).
 
@@ -85,8 +93,7 @@ def read_checkpoint(path: Path, sha256: str | None = None) -> LoadedCheckpoint:
             ``sha256``, or holds a NaN or infinite value (the message names the tensor).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    require_checkpoint_file(path)
     with open(path, "rb") as handle:
         head = handle.read(9)
     # A safetensors header length can itself begin with pickle's or zip's magic bytes (e.g. a

@@ -16,7 +16,7 @@ from typing import ClassVar
 import pytest
 import torch
 
-from medfuse_cli.errors import MedfuseError
+from medfuse_cli.errors import CheckpointError, MedfuseError
 from medfuse_cli.weights import load_state_strict, read_checkpoint, write_checkpoint
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -215,3 +215,10 @@ def test_checkpoints_are_written_with_the_umasks_permissions(tmp_path: Path) -> 
     finally:
         os.umask(umask)
     assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_folder_or_a_missing_path_given_as_checkpoint_is_said_as_such(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="checkpoint is a folder, not a file"):
+        read_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        read_checkpoint(tmp_path / "none.safetensors")
