@@ -27,6 +27,7 @@ from typer.models import OptionInfo
 
 from medfuse_cli.cli import options
 from medfuse_cli.errors import InputError, MedfuseError
+from medfuse_cli.training.config import option_flag
 from medfuse_cli.training.events import EpochFinished, EpochStarted, Event, Message, StepDone
 from medfuse_cli.training.recipes import DEFAULT_RECIPES, RECIPES
 
@@ -233,31 +234,31 @@ def train(
     """
     candidates_given = bool(label_fuser or label_dir)
     given = [
-        ("--epochs", "epochs", epochs, _BOTH),
-        ("--batch-size", "batch_size", batch_size, _BOTH),
-        ("--lr", "learning_rate", learning_rate, _BOTH),
-        ("--seed", "seed", seed, _BOTH),
-        ("--iterations", "iterations", iterations, _LWNET),
-        ("--label-fuser", "label_fusers", tuple(label_fuser or ()) if candidates_given else None, _LWNET),
-        ("--label-dir", "label_dirs", _named_folders(label_dir or []) if candidates_given else None, _LWNET),
-        ("--patch-size", "patch_size", patch_size, _LWNET),
-        ("--stride", "stride", stride, _LWNET),
-        ("--labelled-fraction", "labelled_fraction", labelled_fraction, _LWNET),
-        ("--val-fraction", "val_fraction", val_fraction, _LWNET),
-        ("--displace", "displace", displace, _LWNET),
-        ("--admit", "admit", admit, _LWNET),
-        ("--gradient-weight", "gradient_weight", gradient_weight, _LWNET),
-        ("--intensity-weight", "intensity_weight", intensity_weight, _LWNET),
-        ("--balance-weight", "balance_weight", balance_weight, _LWNET),
-        ("--peak-weight", "peak_weight", peak_weight, _LWNET),
-        ("--detail-weight", "detail_weight", detail_weight, _LWNET),
-        ("--lr-schedule", "lr_schedule", lr_schedule, _LYWNET),
-        ("--min-lr", "min_lr", min_lr, _LYWNET),
-        ("--monitor", "monitor", tuple(str(m) for m in monitor) if monitor else None, _LYWNET),
-        ("--train-norm", "train_norm", train_norm, _LYWNET),
-        ("--crop-size", "size", crop_size, _LYWNET),
-        ("--crop-scale", "crop_scale", crop_scale, _LYWNET),
-        ("--init", "init", str(init) if init else None, _LYWNET),
+        ("epochs", epochs, _BOTH),
+        ("batch_size", batch_size, _BOTH),
+        ("learning_rate", learning_rate, _BOTH),
+        ("seed", seed, _BOTH),
+        ("iterations", iterations, _LWNET),
+        ("label_fusers", tuple(label_fuser or ()) if candidates_given else None, _LWNET),
+        ("label_dirs", _named_folders(label_dir or []) if candidates_given else None, _LWNET),
+        ("patch_size", patch_size, _LWNET),
+        ("stride", stride, _LWNET),
+        ("labelled_fraction", labelled_fraction, _LWNET),
+        ("val_fraction", val_fraction, _LWNET),
+        ("displace", displace, _LWNET),
+        ("admit", admit, _LWNET),
+        ("gradient_weight", gradient_weight, _LWNET),
+        ("intensity_weight", intensity_weight, _LWNET),
+        ("balance_weight", balance_weight, _LWNET),
+        ("peak_weight", peak_weight, _LWNET),
+        ("detail_weight", detail_weight, _LWNET),
+        ("lr_schedule", lr_schedule, _LYWNET),
+        ("min_lr", min_lr, _LYWNET),
+        ("monitor", tuple(str(m) for m in monitor) if monitor else None, _LYWNET),
+        ("train_norm", train_norm, _LYWNET),
+        ("size", crop_size, _LYWNET),
+        ("crop_scale", crop_scale, _LYWNET),
+        ("init", str(init) if init else None, _LYWNET),
     ]
     # Imported here, not at the top: the trainers pull in torch, which `--help` need not pay for.
     from medfuse_cli.training.run import RunSettings
@@ -265,11 +266,11 @@ def train(
 
     start = starting_point(out, model, recipe, resume)
     changes = {}
-    for flag, field, value, models in given:
+    for field, value, models in given:
         if value is None:
             continue
         if start.trainer.model not in models:
-            raise InputError(f"{flag} applies to --model {models[0]} only")
+            raise InputError(f"{option_flag(field)} applies to --model {models[0]} only")
         changes[field] = value
     settings = RunSettings(
         out=out,

@@ -182,6 +182,11 @@ class LYWNetConfig:
             f"unknown --crop-scale '{self.crop_scale}' (choose {' or '.join(CROP_SCALES)})",
         )
 
+    @property
+    def native_crops(self) -> bool:
+        """Whether crops come at the images' own scale (``crop_scale="native"``)."""
+        return self.crop_scale == "native"
+
 
 Config = SPIConfig | LYWNetConfig
 

@@ -247,15 +247,14 @@ def _held_out(config: LYWNetConfig) -> list[Tensor]:
         images = training_images([Path(folder) for folder in config.monitor])
     except InputError as exc:
         raise InputError(f"--monitor: {exc}") from None
-    native = config.crop_scale == "native"
-    small = [y for y in images if min(y.shape[-2:]) < MIN_SIZE] if native else []
+    small = [y for y in images if min(y.shape[-2:]) < MIN_SIZE] if config.native_crops else []
     if small:
         height, width = small[0].shape[-2:]
         raise InputError(
             f"--monitor: {len(small)} image(s) smaller than LYWNet fuses ({width}x{height}; at least "
             f"{MIN_SIZE} px on each side)"
         )
-    return held_out_images(images, config.size, native)
+    return held_out_images(images, config.size, config.native_crops)
 
 
 def _check_crop_fits(images: list[Tensor], config: LYWNetConfig) -> None:
@@ -265,7 +264,7 @@ def _check_crop_fits(images: list[Tensor], config: LYWNetConfig) -> None:
     Raises:
         InputError: naming the smallest image's size and the largest crop that fits.
     """
-    if config.crop_scale != "native":
+    if not config.native_crops:
         return
     short = min(min(y.shape[-2:]) for y in images)
     if config.size > short // 2:
@@ -363,10 +362,8 @@ def _train_epoch(
             for key, value in _step(network, optimizer, images, chunk, config, generator, world).items():
                 totals[key] += value
         else:
-            native = config.crop_scale == "native"
-            batch = torch.stack([augment(images[i], config.size, generator, native) for i in chunk]).to(
-                device
-            )
+            crops = [augment(images[i], config.size, generator, config.native_crops) for i in chunk]
+            batch = torch.stack(crops).to(device)
             loss, parts = autoencoder_loss(network(batch), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -402,7 +399,7 @@ def _step(
         The batch's loss and its parts, each summed over its images (as one process sums them).
     """
     device = next(network.parameters()).device
-    size, native = config.size, config.crop_scale == "native"
+    size, native = config.size, config.native_crops
     crops = []
     for position, index in enumerate(chunk):
         if position % world.size == world.rank:
