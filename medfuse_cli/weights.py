@@ -59,6 +59,8 @@ def _bundled_dir() -> Path:
 BUNDLED_DIR = _bundled_dir()
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 _SAFETENSORS_HEADER_START = b"{"  # after the 8-byte header length, the JSON header begins
+# Header key of the digest of the tensors a checkpoint was written with (``tensor_digest``).
+TENSOR_DIGEST_KEY = "tensors_sha256"
 
 
 def sha256_of(path: Path) -> str:
@@ -67,6 +69,22 @@ def sha256_of(path: Path) -> str:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """The hex sha256 of named tensors: each name, dtype, shape and raw bytes, in name order.
+
+    Why: a whole-file sha256 can only be pinned for shipped checkpoints. This digest travels in
+    the header of every checkpoint medfuse writes, so a file passed with ``--weights`` whose tensor
+    bytes were damaged after writing (a bad copy, a truncated-and-padded transfer) is refused
+    instead of fusing with wrong weights.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -90,7 +108,9 @@ def read_checkpoint(path: Path, sha256: str | None = None) -> LoadedCheckpoint:
 
     Raises:
         CheckpointError: the file is missing, a pickle, not valid safetensors, does not match
-            ``sha256``, or holds a NaN or infinite value (the message names the tensor).
+            ``sha256``, its tensors do not match the digest its header records (files medfuse
+            wrote; files without one, e.g. converted from elsewhere, are read as they are), or it
+            holds a NaN or infinite value (the message names the tensor).
     """
     path = Path(path)
     require_checkpoint_file(path)
@@ -107,6 +127,11 @@ def read_checkpoint(path: Path, sha256: str | None = None) -> LoadedCheckpoint:
         metadata = _read_metadata(path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a valid safetensors checkpoint ({_first_line(exc)})") from None
+    recorded = metadata.pop(TENSOR_DIGEST_KEY, None)
+    if recorded is not None and tensor_digest(tensors) != recorded:
+        raise CheckpointError(
+            f"checkpoint {path}: its tensor data do not match the digest its header records (the file is damaged)"
+        )
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"checkpoint {path}: tensor {name} holds NaN or infinite values")
@@ -122,7 +147,8 @@ def _read_metadata(path: Path) -> dict[str, str]:
 
 
 def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Save tensors with string metadata, atomically.
+    """Save tensors with string metadata, atomically, the tensors' digest added to the header
+    (``TENSOR_DIGEST_KEY``; ``read_checkpoint`` verifies and removes it).
 
     Raises:
         OutputError: the file cannot be written (full disk, no permission); nothing is left.
@@ -132,7 +158,7 @@ def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dic
         # Serialised in memory and written into the temporary file as it was created (mode 0666
         # less the umask, as for every output): safetensors' own save_file makes its files 0600,
         # which colleagues on a shared cluster could not read.
-        data = save(contiguous, metadata=metadata)
+        data = save(contiguous, metadata=metadata | {TENSOR_DIGEST_KEY: tensor_digest(contiguous)})
         write_atomically(Path(path), lambda tmp: tmp.write_bytes(data), overwrite=True)
     except (SafetensorError, OSError) as exc:  # safetensors reports a full disk as its own error
         raise OutputError(f"cannot write {path}: {_first_line(exc)}") from None

@@ -53,6 +53,29 @@ def test_truncated_and_checksum_mismatch(tmp_path: Path) -> None:
         read_checkpoint(path, sha)
 
 
+def test_damaged_tensor_bytes_are_refused(tmp_path: Path) -> None:
+    """A flipped bit in the tensor data keeps the file valid safetensors; the header's digest
+    still tells: without it a --weights file damaged in transfer would fuse with wrong weights."""
+    path = tmp_path / "c.safetensors"
+    _tiny_checkpoint(path)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # inside the last float of "weight" (tensor data end the file)
+    path.write_bytes(bytes(data))
+    with pytest.raises(MedfuseError, match="do not match the digest its header records"):
+        read_checkpoint(path)
+
+
+def test_a_file_without_a_digest_is_read(tmp_path: Path) -> None:
+    """Checkpoints converted elsewhere carry no digest: read as they are, not refused."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "foreign.safetensors"
+    save_file({"weight": torch.ones(2)}, str(path), metadata={"network": "foreign"})
+    loaded = read_checkpoint(path)
+    assert loaded.metadata == {"network": "foreign"}
+    assert torch.equal(loaded.tensors["weight"], torch.ones(2))
+
+
 def test_strict_loading_names_missing_and_unexpected(tmp_path: Path) -> None:
     module = torch.nn.Linear(3, 2)
     with pytest.raises(MedfuseError, match=r"missing bias.*unexpected extra"):
