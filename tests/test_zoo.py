@@ -49,6 +49,10 @@ def test_models_json_prints_every_record_in_full(run_cli) -> None:
         row = printed[record.name]
         assert row["sha256"] == record.sha256 and row["bundled"] is True
         assert row["command"] == record.meta["command"] and row["test_metrics"] == record.test_metrics
+        # numbers and lists as such, not their text
+        assert row["epochs"] == int(record.meta["epochs"]) and row["parameters"] in (6444, 413_505)
+        assert row["wall_time_minutes"] == float(record.meta["wall_time_minutes"])
+        assert row["data"] == json.loads(record.meta["data"]) and isinstance(row["data"], list)
 
 
 def test_models_table_names_every_checkpoint_and_its_command(run_cli) -> None:

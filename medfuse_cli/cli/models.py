@@ -20,8 +20,14 @@ def _parameter_count(spec: FuserSpec) -> int:
     return sum(p.numel() for p in create_fuser(spec.name, pretrained=False).parameters())
 
 
+# Header fields whose text stands for a number or a list; --json gives them as such, so a script
+# reads ``epochs`` as 3, not "3". The others (command, schedule, ...) are text.
+TYPED_FIELDS = {"parameters": int, "epochs": int, "wall_time_minutes": float, "data": json.loads}
+
+
 def checkpoint_row(record: Checkpoint) -> dict:
-    """A checkpoint's record as ``medfuse models --json`` prints it."""
+    """A checkpoint's record as ``medfuse models --json`` prints it: the header's fields, numbers
+    and lists typed (``TYPED_FIELDS``), ``test_metrics`` parsed."""
     from medfuse_cli.fusers.registry import PROVENANCE_FIELDS
     from medfuse_cli.weights import bundled_path
 
@@ -32,9 +38,14 @@ def checkpoint_row(record: Checkpoint) -> dict:
         "bundled": bundled_path(record).is_file(),
         "hub": f"{record.hub_repo}@{record.hub_revision}",
         "sha256": record.sha256,
-        **{key: record.meta.get(key) for key in PROVENANCE_FIELDS if key != "test_metrics"},
+        **{key: _typed(key, record.meta.get(key)) for key in PROVENANCE_FIELDS if key != "test_metrics"},
         "test_metrics": record.test_metrics,
     }
+
+
+def _typed(key: str, text: str | None) -> object:
+    """A header field's value: ``TYPED_FIELDS``' type where it has one, else the text itself."""
+    return TYPED_FIELDS[key](text) if text is not None and key in TYPED_FIELDS else text
 
 
 def models(as_json: bool = options.JSON) -> None:
@@ -71,5 +82,5 @@ def models(as_json: bool = options.JSON) -> None:
             console.print(f"\n[bold]{record['name']}[/bold] ({record['for']})", highlight=False)
             for key, value in record.items():
                 if key not in ("name", "for"):
-                    text = json.dumps(value) if isinstance(value, dict) else str(value)
+                    text = json.dumps(value) if isinstance(value, dict | list) else str(value)
                     console.print(f"  {key}: {text}", markup=False, highlight=False, soft_wrap=True)
