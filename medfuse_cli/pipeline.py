@@ -512,6 +512,7 @@ class Fusion:
             both a checkpoint and weights, threads below 1, an unknown backend, or
             ``onnxruntime`` with a classical rule or a CUDA device.
         DeviceError: an unavailable device.
+        CheckpointError: ``weights`` cannot be read or do not fit the network (read at once).
         MedfuseError: ``onnxruntime`` without the onnx extra installed.
     """
 
@@ -544,6 +545,10 @@ class Fusion:
         self._sessions: dict[str | None, object] = {}
         if self.backend == ONNXRUNTIME:
             require_onnx_packages()  # one line before any work, not one per pair
+        if weights is not None and self.pretrained:
+            # One file for every pair: read (and verified) now, so a bad file is one error
+            # before any work, not the same failure repeated for each pair of a folder.
+            self.module_for(FUNCTIONAL)
 
     def checkpoint_for(self, kind: str) -> str | None:
         """What a pair of ``kind`` is fused with: a checkpoint name, ``--weights PATH``, or None

@@ -97,20 +97,44 @@ def require_checkpoint_file(path: Path) -> None:
 
 
 def read_checkpoint(path: Path, sha256: str | None = None) -> LoadedCheckpoint:
-    """Read a safetensors file after checking it is one (and, if given, its sha256).
+    """Read a checkpoint: a verified safetensors file (``read_safetensors``) whose floating
+    tensors are all finite.
 
     Args:
         path: a ``.safetensors`` file.
-        sha256: the expected hex digest, or None to skip the check (``--weights PATH``).
+        sha256: the expected hex digest of the whole file, or None to skip that check
+            (``--weights PATH``, whose tensor digest is still checked).
 
     Returns:
         Its tensors (CPU) and header metadata.
 
     Raises:
-        CheckpointError: the file is missing, a pickle, not valid safetensors, does not match
-            ``sha256``, its tensors do not match the digest its header records (files medfuse
-            wrote; files without one, e.g. converted from elsewhere, are read as they are), or it
-            holds a NaN or infinite value (the message names the tensor).
+        CheckpointError: as ``read_safetensors``, or a NaN or infinite value (the message names
+            the tensor).
+    """
+    loaded = read_safetensors(path, sha256)
+    for name, tensor in loaded.tensors.items():
+        # Through float32: torch has no isfinite for its 8-bit float types.
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor.float()).all()):
+            raise CheckpointError(f"checkpoint {path}: tensor {name} holds NaN or infinite values")
+    return loaded
+
+
+def read_safetensors(path: Path, sha256: str | None = None) -> LoadedCheckpoint:
+    """Read a safetensors file after checking it is one, its sha256 if given, and the digest of
+    its tensors if its header records one.
+
+    Args:
+        path: a ``.safetensors`` file.
+        sha256: the expected hex digest of the whole file, or None to skip that check.
+
+    Returns:
+        Its tensors (CPU, any values) and header metadata (the digest removed).
+
+    Raises:
+        CheckpointError: the file is missing, a folder, a pickle, not valid safetensors, does not
+            match ``sha256``, or its tensors do not match the digest its header records (files
+            medfuse wrote; files without one, e.g. converted from elsewhere, are read as they are).
     """
     path = Path(path)
     require_checkpoint_file(path)
@@ -130,11 +154,9 @@ def read_checkpoint(path: Path, sha256: str | None = None) -> LoadedCheckpoint:
     recorded = metadata.pop(TENSOR_DIGEST_KEY, None)
     if recorded is not None and tensor_digest(tensors) != recorded:
         raise CheckpointError(
-            f"checkpoint {path}: its tensor data do not match the digest its header records (the file is damaged)"
+            f"{path}: its tensor data do not match the {TENSOR_DIGEST_KEY} its header records: the file "
+            "is damaged, or a program changed its tensors and kept medfuse's header"
         )
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"checkpoint {path}: tensor {name} holds NaN or infinite values")
     return LoadedCheckpoint(tensors=tensors, metadata=metadata, source=str(path))
 
 

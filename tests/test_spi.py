@@ -11,15 +11,16 @@ import pytest
 import torch
 from test_training_run import EpochClock
 
-from medfuse_cli.errors import InputError
+from medfuse_cli.errors import CheckpointError, InputError
 from medfuse_cli.io import write_png
 from medfuse_cli.metrics.balance import peak_retention
+from medfuse_cli.training.labels import NO_LABEL, LabelSet, read_labels, save_labels
 from medfuse_cli.training.losses import detail_score, fusion_loss, peak_loss, ssim, structural_score
 from medfuse_cli.training.patches import load_pairs, patch_grid
 from medfuse_cli.training.recipes import RECIPES
 from medfuse_cli.training.run import RunSettings
 from medfuse_cli.training.spi import LABELS_FILE, STATE_FILE, WEIGHTS_FILE, train_lwnet
-from medfuse_cli.weights import read_checkpoint
+from medfuse_cli.weights import read_checkpoint, write_checkpoint
 
 CONFIG = replace(
     RECIPES["lwnet-functional"].config,
@@ -90,6 +91,34 @@ def test_resumed_run_equals_uninterrupted_run(examples: Path, tmp_path: Path, la
     assert set(json.loads(a.metadata["initial_label_wins"])) == {"average", "laplacian", "maximum-png"}
     assert json.loads(a.metadata["config"])["label_dirs"] == {"maximum-png": str(label_dir)}
     assert (pieces / STATE_FILE).is_file() and (pieces / LABELS_FILE).is_file()
+
+
+def test_label_file_round_trips_and_damage_is_refused(tmp_path: Path) -> None:
+    """A resumed run reads its labels back; a damaged or foreign label file is one error, not a
+    traceback mid-training or, worse, training on wrong labels."""
+    best = torch.tensor([0.5, 0.7, 0.2])
+    labels = LabelSet(
+        source=torch.tensor([1, NO_LABEL, 0]),
+        score=torch.tensor([0.5, -float("inf"), 0.2]),
+        best_candidate=best,
+        pseudo={1: torch.full((1, 4, 4), 0.25)},
+        version=2,
+    )
+    path = tmp_path / LABELS_FILE
+    save_labels(path, labels, [{"iteration": 1}])
+    back, log = read_labels(path, best)
+    assert torch.equal(back.source, labels.source) and torch.equal(back.score, labels.score)
+    assert torch.equal(back.pseudo[1], labels.pseudo[1]) and back.version == 2 and log == [{"iteration": 1}]
+    with pytest.raises(CheckpointError, match="this run has 4"):
+        read_labels(path, torch.zeros(4))
+    damaged = bytearray(path.read_bytes())
+    damaged[-3] ^= 0x10
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match="do not match the tensors_sha256"):
+        read_labels(path, best)
+    write_checkpoint(path, {"source": labels.source, "score": labels.score}, {"version": "2"})
+    with pytest.raises(CheckpointError, match="not an SPI label file medfuse wrote"):
+        read_labels(path, best)
 
 
 def test_strict_thresholds_keep_the_initial_labels(examples: Path, tmp_path: Path, label_dir: Path) -> None:

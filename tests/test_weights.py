@@ -61,8 +61,30 @@ def test_damaged_tensor_bytes_are_refused(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-5] ^= 0x01  # inside the last float of "weight" (tensor data end the file)
     path.write_bytes(bytes(data))
-    with pytest.raises(MedfuseError, match="do not match the digest its header records"):
+    with pytest.raises(MedfuseError, match="do not match the tensors_sha256 its header records"):
         read_checkpoint(path)
+
+
+def test_damaged_weights_stop_a_folder_run_with_one_line(examples: Path, tmp_path: Path, run_cli) -> None:
+    """--weights is read once, before any pair: not the same failure repeated for each pair."""
+    from medfuse_cli.fusers import get_fuser_spec
+    from medfuse_cli.weights import bundled_path
+
+    record = get_fuser_spec("lwnet").checkpoints[0]
+    original = read_checkpoint(bundled_path(record))
+    path = tmp_path / "copy.safetensors"
+    write_checkpoint(path, original.tensors, original.metadata)
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0x01
+    path.write_bytes(bytes(data))
+    folder = examples / "CT-MRI"
+    out = tmp_path / "fused"
+    result = run_cli("fuse", folder / "MRI", folder / "CT", "-o", out, "-m", "lwnet", "--weights", path)
+    assert result.code == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and result.stderr.startswith(
+        "error: "
+    )
+    assert "tensors_sha256" in result.stderr and not out.exists()
 
 
 def test_a_file_without_a_digest_is_read(tmp_path: Path) -> None:
@@ -74,6 +96,16 @@ def test_a_file_without_a_digest_is_read(tmp_path: Path) -> None:
     loaded = read_checkpoint(path)
     assert loaded.metadata == {"network": "foreign"}
     assert torch.equal(loaded.tensors["weight"], torch.ones(2))
+
+
+def test_8_bit_float_tensors_are_checked_for_finiteness(tmp_path: Path) -> None:
+    """torch has no isfinite for float8: the check must not crash on such a file."""
+    path = tmp_path / "f8.safetensors"
+    write_checkpoint(path, {"weight": torch.ones(3).to(torch.float8_e4m3fn)}, {})
+    assert read_checkpoint(path).tensors["weight"].dtype == torch.float8_e4m3fn
+    write_checkpoint(path, {"weight": torch.full((3,), float("nan")).to(torch.float8_e4m3fn)}, {})
+    with pytest.raises(MedfuseError, match="weight holds NaN"):
+        read_checkpoint(path)
 
 
 def test_strict_loading_names_missing_and_unexpected(tmp_path: Path) -> None:

@@ -17,15 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
-from medfuse_cli.errors import InputError
+from medfuse_cli.errors import CheckpointError, InputError
 from medfuse_cli.fusers.registry import CT, FUNCTIONAL
 from medfuse_cli.pipeline import Fusion
 from medfuse_cli.training.losses import label_score
 from medfuse_cli.training.patches import PairSet, Patches, read_label_folder
-from medfuse_cli.weights import write_checkpoint
+from medfuse_cli.weights import read_safetensors, write_checkpoint
 
 NO_LABEL = -1  # label source of a patch without a label
 NETWORK_LABEL = -2  # label source of a pseudo label (a network output)
@@ -204,18 +203,34 @@ def read_labels(path: Path, best_candidate: Tensor) -> tuple[LabelSet, list[dict
     Returns:
         The label set and the SPI log saved with it (it may be one update ahead of the
         training state's, when a run stopped between the two writes).
+
+    Raises:
+        CheckpointError: the file is missing, damaged (its tensor digest), or not a label set of
+            this run (a tensor or header field missing, or sizes that do not fit the patches).
     """
-    # Our own file, and scores of unlabelled patches are -inf, which read_checkpoint refuses.
-    with safe_open(str(path), framework="pt") as handle:
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-        metadata = handle.metadata()
-    rows = tensors["rows"].tolist()
-    pseudo = dict(zip(rows, tensors["pseudo"], strict=True)) if rows else {}
-    labels = LabelSet(
-        source=tensors["source"],
-        score=tensors["score"],
-        best_candidate=best_candidate,
-        pseudo=pseudo,
-        version=int(metadata["version"]),
-    )
-    return labels, json.loads(metadata["log"])
+    # read_safetensors, not read_checkpoint: unlabelled patches score -inf, which it refuses.
+    loaded = read_safetensors(path)
+    tensors, metadata = loaded.tensors, loaded.metadata
+    try:
+        rows = tensors["rows"].tolist()
+        pseudo = dict(zip(rows, tensors["pseudo"], strict=True)) if rows else {}
+        labels = LabelSet(
+            source=tensors["source"],
+            score=tensors["score"],
+            best_candidate=best_candidate,
+            pseudo=pseudo,
+            version=int(metadata["version"]),
+        )
+        log = json.loads(metadata["log"])
+    except (KeyError, ValueError) as exc:  # ValueError: zip(strict=True), int(), json
+        raise CheckpointError(f"{path} is not an SPI label file medfuse wrote ({_what(exc)})") from None
+    if labels.source.shape != best_candidate.shape or labels.score.shape != best_candidate.shape:
+        raise CheckpointError(
+            f"{path} labels {labels.source.numel()} patches, this run has {best_candidate.numel()}"
+        )
+    return labels, log
+
+
+def _what(exc: Exception) -> str:
+    """A KeyError's missing name, or another error's message."""
+    return f"no {exc.args[0]}" if isinstance(exc, KeyError) else str(exc)
