@@ -22,7 +22,13 @@ def _parameter_count(spec: FuserSpec) -> int:
 
 # Header fields whose text stands for a number or a list; --json gives them as such, so a script
 # reads ``epochs`` as 3, not "3". The others (command, schedule, ...) are text.
-TYPED_FIELDS = {"parameters": int, "epochs": int, "wall_time_minutes": float, "data": json.loads}
+TYPED_FIELDS = {
+    "parameters": int,
+    "epochs": int,
+    "wall_time_minutes": float,
+    "data": json.loads,
+    "resumed": json.loads,
+}
 
 
 def checkpoint_row(record: Checkpoint) -> dict:
@@ -81,6 +87,6 @@ def models(as_json: bool = options.JSON) -> None:
         for record in row["checkpoints"]:
             console.print(f"\n[bold]{record['name']}[/bold] ({record['for']})", highlight=False)
             for key, value in record.items():
-                if key not in ("name", "for"):
+                if key not in ("name", "for") and value != []:  # "resumed: []" says nothing
                     text = json.dumps(value) if isinstance(value, dict | list) else str(value)
                     console.print(f"  {key}: {text}", markup=False, highlight=False, soft_wrap=True)

@@ -265,6 +265,7 @@ FUNCTIONAL_CHECKPOINT = Checkpoint(
         "epochs": "15",
         "wall_time_minutes": "4.1",
         "git_commit": "97e3acea8fda420e4264b6219e7c2c82fe8bc289",
+        "resumed": "[]",
         "test_metrics": '{"PET-MRI": {"PeakRetention": 0.9998, "Qabf": 0.7219, "SSIM": 0.6915, '
         '"SSIM_min": 0.5294, "VIF": 0.8051, "n": 24}, "SPECT-MRI": {"PeakRetention": 0.9292, '
         '"Qabf": 0.6658, "SSIM": 0.7343, "SSIM_min": 0.5721, "VIF": 0.681, "n": 21}}',
@@ -288,6 +289,7 @@ CT_CHECKPOINT = Checkpoint(
         "epochs": "12",
         "wall_time_minutes": "3.5",
         "git_commit": "97e3acea8fda420e4264b6219e7c2c82fe8bc289",
+        "resumed": "[]",
         "test_metrics": '{"CT-MRI": {"PeakRetention": 0.9977, "Qabf": 0.5805, "SSIM": 0.7457, '
         '"SSIM_min": 0.7205, "VIF": 0.6948, "n": 23}}',
     },

@@ -468,6 +468,15 @@ HARVARD_CHECKPOINT = Checkpoint(
         "epochs": "6",
         "wall_time_minutes": "169.3",
         "git_commit": "8551c9df6afac348f20573cd77b8e8c3651e0560",
+        "resumed": json.dumps(
+            [
+                {
+                    "command": "medfuse train --resume -o /work/runs/lywnet-ni --epochs 6 --max-minutes 150 --threads 1",
+                    "git_commit": "18e21aadb753314337cf45165b54f75871631d4c",
+                    "after_epoch": 3,
+                }
+            ]
+        ),
         "test_metrics": _TEST_METRICS,
     },
 )

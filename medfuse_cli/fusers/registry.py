@@ -38,6 +38,7 @@ PROVENANCE_FIELDS = (
     "epochs",
     "wall_time_minutes",
     "git_commit",
+    "resumed",  # each --resume session's command and commit ("[]" for a run never resumed)
     "test_metrics",
 )
 
@@ -48,9 +49,9 @@ class Checkpoint:
 
     Like torchvision's ``Weights``: the file (bundled name, Hugging Face Hub repository and
     pinned revision, sha256) travels with its metadata. ``meta`` holds the file header's
-    ``PROVENANCE_FIELDS`` verbatim (strings; ``test_metrics`` is JSON), and a test checks that
-    they equal the header of the bundled file, so what ``medfuse models`` prints is what the
-    file says of itself.
+    ``PROVENANCE_FIELDS`` verbatim (strings; ``test_metrics`` and ``resumed`` are JSON), and a
+    test checks that they equal the header of the bundled file, so what ``medfuse models``
+    prints is what the file says of itself.
 
     Attributes:
         fuser: the fuser it belongs to, e.g. ``"lwnet"``.
