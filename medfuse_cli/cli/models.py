@@ -44,14 +44,14 @@ def checkpoint_row(record: Checkpoint) -> dict:
         "bundled": bundled_path(record).is_file(),
         "hub": f"{record.hub_repo}@{record.hub_revision}",
         "sha256": record.sha256,
-        **{key: _typed(key, record.meta.get(key)) for key in PROVENANCE_FIELDS if key != "test_metrics"},
+        **{key: _typed(key, record.meta[key]) for key in PROVENANCE_FIELDS if key != "test_metrics"},
         "test_metrics": record.test_metrics,
     }
 
 
-def _typed(key: str, text: str | None) -> object:
+def _typed(key: str, text: str) -> object:
     """A header field's value: ``TYPED_FIELDS``' type where it has one, else the text itself."""
-    return TYPED_FIELDS[key](text) if text is not None and key in TYPED_FIELDS else text
+    return TYPED_FIELDS[key](text) if key in TYPED_FIELDS else text
 
 
 def models(as_json: bool = options.JSON) -> None:
