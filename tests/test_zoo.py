@@ -53,9 +53,8 @@ def test_models_json_prints_every_record_in_full(run_cli) -> None:
         assert row["epochs"] == int(record.meta["epochs"]) and row["parameters"] in (6444, 413_505)
         assert row["wall_time_minutes"] == float(record.meta["wall_time_minutes"])
         assert row["data"] == json.loads(record.meta["data"]) and isinstance(row["data"], list)
-        # each --resume session's command, where the run was continued (the LYWNet fine-tune)
+        # each --resume session's command where a run was continued; a list, also when empty
         assert row["resumed"] == json.loads(record.meta["resumed"]) and isinstance(row["resumed"], list)
-    assert printed["lywnet.harvard"]["resumed"][0]["command"].startswith("medfuse train --resume")
 
 
 def test_models_table_names_every_checkpoint_and_its_command(run_cli) -> None:

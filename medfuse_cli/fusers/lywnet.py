@@ -394,59 +394,59 @@ _TEST_METRICS = json.dumps(
     {
         "CT-MRI": {
             "mean": {
-                "CC": 0.8048,
-                "MI": 2.8761,
-                "PSNR": 14.2257,
-                "Qabf": 0.4099,
-                "SSIM": 0.7256,
-                "VIF": 0.4451,
+                "CC": 0.8039,
+                "MI": 2.9028,
+                "PSNR": 14.7901,
+                "Qabf": 0.4016,
+                "SSIM": 0.7311,
+                "VIF": 0.4536,
             },
             "n": 23,
             "std": {
-                "CC": 0.0241,
-                "MI": 0.2382,
-                "PSNR": 0.5887,
-                "Qabf": 0.0483,
-                "SSIM": 0.0339,
-                "VIF": 0.0381,
+                "CC": 0.0235,
+                "MI": 0.2317,
+                "PSNR": 0.6593,
+                "Qabf": 0.0524,
+                "SSIM": 0.0301,
+                "VIF": 0.0406,
             },
         },
         "PET-MRI": {
             "mean": {
-                "CC": 0.8486,
-                "MI": 3.0128,
-                "PSNR": 14.9166,
-                "Qabf": 0.345,
-                "SSIM": 0.5931,
-                "VIF": 0.6095,
+                "CC": 0.8513,
+                "MI": 3.0801,
+                "PSNR": 15.1572,
+                "Qabf": 0.324,
+                "SSIM": 0.6182,
+                "VIF": 0.6103,
             },
             "n": 24,
             "std": {
-                "CC": 0.0253,
-                "MI": 0.1707,
-                "PSNR": 0.7585,
-                "Qabf": 0.0366,
-                "SSIM": 0.0928,
-                "VIF": 0.0672,
+                "CC": 0.0242,
+                "MI": 0.1789,
+                "PSNR": 0.7868,
+                "Qabf": 0.0333,
+                "SSIM": 0.0591,
+                "VIF": 0.0786,
             },
         },
         "SPECT-MRI": {
             "mean": {
-                "CC": 0.898,
-                "MI": 3.1333,
-                "PSNR": 15.3905,
-                "Qabf": 0.4623,
-                "SSIM": 0.7088,
-                "VIF": 0.5306,
+                "CC": 0.8976,
+                "MI": 3.1382,
+                "PSNR": 16.5572,
+                "Qabf": 0.4586,
+                "SSIM": 0.7186,
+                "VIF": 0.5295,
             },
             "n": 21,
             "std": {
-                "CC": 0.0178,
-                "MI": 0.2049,
-                "PSNR": 0.8704,
-                "Qabf": 0.043,
-                "SSIM": 0.0559,
-                "VIF": 0.0558,
+                "CC": 0.0179,
+                "MI": 0.2141,
+                "PSNR": 0.9043,
+                "Qabf": 0.0465,
+                "SSIM": 0.0509,
+                "VIF": 0.0547,
             },
         },
     },
@@ -456,7 +456,7 @@ HARVARD_CHECKPOINT = Checkpoint(
     fuser="lywnet",
     tag="harvard",
     filename="lywnet-harvard.safetensors",
-    sha256="f2583bdb8423e6b33117db928bb7ade06d48456c938376f407975c43a07b5544",
+    sha256="9d01421e5e7893119b514935b43ba7b95f21463e0c56d6a1edf22ac51c180cad",
     applies_to=None,
     meta={
         "network": "LYWNet",
@@ -465,25 +465,17 @@ HARVARD_CHECKPOINT = Checkpoint(
         "data": '["../shared/data/harvard/SPECT-MRI/train", "../shared/data/harvard/PET-MRI/train", '
         '"../shared/data/harvard/CT-MRI/train"]',
         "command": "medfuse train ../shared/data/harvard/SPECT-MRI/train ../shared/data/harvard/PET-MRI/train "
-        "../shared/data/harvard/CT-MRI/train --model lywnet --recipe lywnet-cpu -o /work/runs/lywnet-ni "
-        "--init weights/lywnet-harvard.safetensors --epochs 4 --lr 3e-5 --min-lr 1e-6 --crop-size 64 "
-        "--crop-scale native --train-norm image --max-minutes 100 --threads 1",
-        "schedule": "autoencoder, 6 of 6 epochs over 1368 Y images, Adam lr 3e-05 (cosine to 1e-06), "
-        "batch 16, 64 px crops at native scale, loss weights (1.0, 25.0, 4.0), image statistics in training, "
+        "../shared/data/harvard/CT-MRI/train --model lywnet --recipe lywnet-cpu -o /work/runs/lywnet-w96 "
+        "--init weights/lywnet-harvard.safetensors --epochs 2 --lr 2e-5 --min-lr 1e-6 --crop-size 96 "
+        "--crop-scale whole --train-norm image --max-minutes 95 --threads 1",
+        "schedule": "autoencoder, 1 of 2 epochs over 1368 Y images, Adam lr 2e-05 (cosine to 1e-06), "
+        "batch 16, 96 px crops at whole scale, loss weights (1.0, 25.0, 4.0), image statistics in training, "
         "from weights/lywnet-harvard.safetensors "
-        "(sha256 4410473e59544c86c702aa3ae1f10dd0f3927eb05a600740d9eaf8285efe2a5f)",
-        "epochs": "6",
-        "wall_time_minutes": "169.3",
-        "git_commit": "8551c9df6afac348f20573cd77b8e8c3651e0560",
-        "resumed": json.dumps(
-            [
-                {
-                    "command": "medfuse train --resume -o /work/runs/lywnet-ni --epochs 6 --max-minutes 150 --threads 1",
-                    "git_commit": "18e21aadb753314337cf45165b54f75871631d4c",
-                    "after_epoch": 3,
-                }
-            ]
-        ),
+        "(sha256 f2583bdb8423e6b33117db928bb7ade06d48456c938376f407975c43a07b5544)",
+        "epochs": "1",
+        "wall_time_minutes": "59.8",
+        "git_commit": "f9446cf93266df93e025fe93e53cd960419563b7",
+        "resumed": "[]",
         "test_metrics": _TEST_METRICS,
     },
 )
