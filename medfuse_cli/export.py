@@ -56,11 +56,17 @@ from torch import nn
 from medfuse_cli import __version__
 from medfuse_cli.atomic import write_atomically
 from medfuse_cli.errors import InputError, MedfuseError, OutputError
-from medfuse_cli.fusers import check_weights_choice, create_fuser, get_fuser_spec, list_fusers
+from medfuse_cli.fusers import (
+    check_weights_choice,
+    checkpoint_sha256,
+    create_fuser,
+    get_fuser_spec,
+    list_fusers,
+)
 from medfuse_cli.fusers.lwnet import SHALLOW_STRIDE, LWNet
 from medfuse_cli.fusers.lywnet import LYWNet
 from medfuse_cli.fusers.registry import FuserSpec
-from medfuse_cli.weights import read_checkpoint, resolve_checkpoint, sha256_of
+from medfuse_cli.weights import read_checkpoint, resolve_checkpoint
 
 if TYPE_CHECKING:
     import onnx
@@ -168,11 +174,11 @@ def weights_record(
         CheckpointError: the file is missing, corrupt or not safetensors.
     """
     name = check_weights_choice(spec, checkpoint, weights)
+    sha256 = checkpoint_sha256(spec, name, weights) or ""
     if weights is not None:
-        loaded = read_checkpoint(Path(weights))
-        return WeightsRecord(f"--weights {weights}", sha256_of(Path(weights)), loaded.metadata)
+        return WeightsRecord(f"--weights {weights}", sha256, read_checkpoint(Path(weights)).metadata)
     record = spec.checkpoint(name) if name is not None else spec.checkpoints[0]
-    return WeightsRecord(record.name, record.sha256, resolve_checkpoint(record).metadata)
+    return WeightsRecord(record.name, sha256, resolve_checkpoint(record).metadata)
 
 
 def onnx_metadata(

@@ -46,9 +46,8 @@ from medfuse_cli.export import (
     ort_session,
     weights_record,
 )
-from medfuse_cli.fusers import list_fusers
+from medfuse_cli.fusers import checkpoint_sha256, list_fusers
 from medfuse_cli.fusers.registry import FuserSpec
-from medfuse_cli.weights import require_checkpoint_file, sha256_of
 
 log = logging.getLogger("medfuse_cli")
 
@@ -129,20 +128,6 @@ def cache_key(model: str, checkpoint_sha256: str, options: Mapping[str, object],
         **{package: _version(package) for package in ONNX_PACKAGES},
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-
-def checkpoint_sha256(spec: FuserSpec, checkpoint: str | None, weights: Path | None) -> str:
-    """The sha256 of the weights a network is built with: a shipped checkpoint's pinned one
-    (its file is verified against it when it is loaded), or that of the ``--weights`` file.
-
-    Raises:
-        CheckpointError: the ``--weights`` path does not exist or is a folder.
-    """
-    if weights is not None:
-        require_checkpoint_file(Path(weights))
-        return sha256_of(Path(weights))
-    record = spec.checkpoint(checkpoint) if checkpoint is not None else spec.checkpoints[0]
-    return record.sha256
 
 
 def _expected_metadata(

@@ -27,7 +27,7 @@ from medfuse_cli.color import chroma_offsets, merge_luma, split_luma
 from medfuse_cli.colormaps import DEFAULT_COLORMAP, check_colormap, colormap_luma
 from medfuse_cli.devices import resolve_device
 from medfuse_cli.errors import InputError, MedfuseError
-from medfuse_cli.fusers import check_weights_choice, get_fuser_spec, load_weights
+from medfuse_cli.fusers import check_weights_choice, checkpoint_sha256, get_fuser_spec, load_weights
 from medfuse_cli.fusers.registry import CT, FUNCTIONAL, check_fuser_inputs
 from medfuse_cli.io import DEFAULT_MAX_PIXELS, LoadedImage, read_image, write_png
 from medfuse_cli.onnx_runtime import ONNXRUNTIME, TORCH, check_backend, require_onnx_packages
@@ -543,6 +543,7 @@ class Fusion:
         self.pretrained = pretrained
         self._modules: dict[str | None, nn.Module] = {}
         self._sessions: dict[str | None, object] = {}
+        self._sha256: dict[str, str | None] = {}
         if self.backend == ONNXRUNTIME:
             require_onnx_packages()  # one line before any work, not one per pair
         if weights is not None and self.pretrained:
@@ -560,6 +561,21 @@ class Fusion:
         if self.weights is not None:
             return f"--weights {self.weights}"
         return self.checkpoint or self.spec.checkpoint_for(kind).name
+
+    def checkpoint_sha256(self, kind: str) -> str | None:
+        """The sha256 of the safetensors file pairs of ``kind`` are fused with (see
+        ``fusers.checkpoint_sha256``); None for a classical rule or untrained weights.
+
+        Raises:
+            CheckpointError: a ``--weights`` file that has since gone missing.
+        """
+        name = self.checkpoint_for(kind)
+        if name is None or not self.pretrained:
+            return None
+        if name not in self._sha256:  # a --weights file is hashed once, not once per pair
+            shipped = None if self.weights is not None else name
+            self._sha256[name] = checkpoint_sha256(self.spec, shipped, self.weights)
+        return self._sha256[name]
 
     def module_for(self, kind: str) -> nn.Module:
         """The module for pairs of ``kind`` (``"functional"`` or ``"ct"``), built once."""
@@ -734,6 +750,7 @@ class PairOutcome:
         error: one line saying why nothing was written, or None.
         second: how its second image's colour was read (None when it could not be read).
         checkpoint: what it was fused with (see ``Fusion.checkpoint_for``).
+        checkpoint_sha256: the sha256 of that checkpoint's file (``Fusion.checkpoint_sha256``).
         skipped: its output existed and was kept (``existing="skip"``); nothing was written.
         mri_coloured_share: share of the MRI's pixels that were coloured (their colour unused).
         levels: its windows, colour map and kind (None when it could not be read).
@@ -744,19 +761,21 @@ class PairOutcome:
     error: str | None = None
     second: ColourReading | None = None
     checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
     skipped: bool = False
     mri_coloured_share: float = 0.0
     levels: Levels | None = None
 
     @classmethod
-    def fused(cls, name: str, output: Path, pair: Pair, checkpoint: str | None) -> PairOutcome:
-        """The outcome of a pair that was read and fused, with what was decided for it."""
+    def fused(cls, name: str, output: Path, pair: Pair, fusion: Fusion) -> PairOutcome:
+        """The outcome of a pair that ``fusion`` fused, with what was decided for it."""
         return cls(
             name,
             output,
             None,
             pair.second,
-            checkpoint,
+            fusion.checkpoint_for(pair.kind),
+            fusion.checkpoint_sha256(pair.kind),
             mri_coloured_share=pair.mri_coloured_share,
             levels=pair.levels,
         )
@@ -768,7 +787,7 @@ class PairOutcome:
 
     def to_json(self) -> dict:
         """The pair's entry in ``medfuse fuse --json``: output, error, and what was decided
-        (``second_image``, ``checkpoint``, and ``Levels.to_json``'s ``windows``, ``colormap``,
+        (``second_image``, ``checkpoint``, ``checkpoint_sha256``, and ``Levels.to_json``'s ``windows``, ``colormap``,
         ``kind``, ``kind_given``, ``kind_from``)."""
         row: dict = {"pair": self.name, "output": str(self.output)}
         if self.error:
@@ -778,6 +797,7 @@ class PairOutcome:
         if self.second is not None:
             row["second_image"] = self.second.to_json()
             row["checkpoint"] = self.checkpoint
+            row["checkpoint_sha256"] = self.checkpoint_sha256
             if self.levels is not None:
                 row.update(self.levels.to_json())
         if self.mri_coloured_share:  # a few coloured marks in the MRI: only its Y was used
@@ -850,7 +870,7 @@ def fuse_folders(
                 if isinstance(failure, MedfuseError):
                     report(PairOutcome(job.name, job.output, str(failure)))
             for (job, pair), plane in zip(good, fusion.fuse_pairs([pair for _, pair in good]), strict=True):
-                done = PairOutcome.fused(job.name, job.output, pair, fusion.checkpoint_for(pair.kind))
+                done = PairOutcome.fused(job.name, job.output, pair, fusion)
                 if isinstance(plane, MedfuseError):
                     report(replace(done, error=str(plane)))
                 else:

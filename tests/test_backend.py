@@ -232,7 +232,9 @@ def test_weights_files_are_keyed_by_their_sha256(cli, examples, tmp_path, monkey
             patch.setattr(onnx_runtime, "export_with_metadata", _refuse)
             result = cli("fuse", mri, ct, "-o", outputs[choice[0]], *ORT, *choice, "--json")
         assert result.code == 0 and notices(result.stderr) == [], result.stderr
-    assert json.loads(result.stdout)["pairs"][0]["checkpoint"] == f"--weights {copy}"
+    used = json.loads(result.stdout)["pairs"][0]
+    assert used["checkpoint"] == f"--weights {copy}"
+    assert used["checkpoint_sha256"] == hashlib.sha256(copy.read_bytes()).hexdigest()
     assert outputs["--checkpoint"].read_bytes() == outputs["--weights"].read_bytes()
 
     data = bytearray(copy.read_bytes())

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from medfuse_cli.pipeline import COLOUR_SHARE, load_pair, read_colour
+from medfuse_cli.weights import BUNDLED_DIR
 
 
 def _ct_as_rgb(examples: Path, folder: Path, mark: str) -> Path:
@@ -43,6 +44,7 @@ def test_a_marked_ct_is_still_read_as_gray_and_says_so(
     summary = json.loads(result.stdout)
     pair = summary["pairs"][0]
     assert pair["second_image"]["read_as"] == "gray" and pair["checkpoint"] == "lwnet.ct"
+    assert pair["checkpoint_sha256"] == _sha(BUNDLED_DIR / "lwnet-ct.safetensors")  # the file used
     assert pair["second_image"]["coloured_share"] < COLOUR_SHARE
     assert pair["second_image"]["off_gray_pixels"] == (1 if mark == "one-level" else 300)
     fused = np.asarray(Image.open(tmp_path / "marked.png"))

@@ -20,6 +20,7 @@ from medfuse_cli.color import split_luma
 from medfuse_cli.evaluation.methods import parse_metrics
 from medfuse_cli.evaluation.plots import area_ratio, normalised_means
 from medfuse_cli.evaluation.scoring import MethodScores, PairSetResult, luma8
+from medfuse_cli.fusers import get_fuser_spec
 from medfuse_cli.io import read_image
 from medfuse_cli.pairs import PairSet
 
@@ -322,6 +323,12 @@ def test_one_fuser_with_two_checkpoints_in_one_run(run_cli, examples: Path) -> N
     assert result.code == 0, result.stderr
     methods = json.loads(result.stdout)["methods"]
     assert set(methods) == {"lwnet", "as-ct", "mine"}
+    # each names the file it used: the shipped one's pinned sha256, the --weights file's own
+    ct_file = weights.sha256_of(weights.BUNDLED_DIR / "lwnet-ct.safetensors")
+    lwnet = get_fuser_spec("lwnet")
+    assert methods["lwnet"]["checkpoints"] == {"lwnet.functional": lwnet.checkpoint("functional").sha256}
+    assert methods["as-ct"]["checkpoints"] == {"lwnet.ct": ct_file}
+    assert methods["mine"]["checkpoints"] == {"--weights weights/lwnet-ct.safetensors": ct_file}
     assert methods["as-ct"]["per_image"] == methods["mine"]["per_image"]  # the same weights
     assert methods["lwnet"]["per_image"] != methods["as-ct"]["per_image"]  # functional vs CT weights
     for bad in ("average@ct", "lwnet@nope", "=lwnet", "nope"):

@@ -15,6 +15,7 @@ from PIL import Image
 
 import medfuse_cli
 from medfuse_cli.errors import InputError
+from medfuse_cli.fusers import get_fuser_spec
 from medfuse_cli.montage import lightbox
 from medfuse_cli.volumes import axial_images, from_axial_images, read_volume
 from medfuse_cli.windows import CT_PRESETS, ct_window, functional_window, mri_window
@@ -112,6 +113,7 @@ def test_output_is_on_the_mri_grid_with_its_codes_and_windows(
         "rule": "--window-ct brain (level 40, width 80)",
     }
     assert report["kind"] == "ct" and report["checkpoint"] == "lwnet.ct" and report["shape"] == [256, 256, 2]
+    assert report["checkpoint_sha256"] == get_fuser_spec("lwnet").checkpoint("ct").sha256
     image = nibabel.load(out)
     source = nibabel.load(mri)
     np.testing.assert_allclose(image.affine, source.affine, atol=1e-6)

@@ -30,11 +30,13 @@ class VolumeOutputs:
 
 @dataclass(frozen=True)
 class VolumeRun:
-    """What a volume run did, for the summary line and ``--json``."""
+    """What a volume run did, for the summary line and ``--json`` (``checkpoint`` and its file's
+    ``checkpoint_sha256`` as ``Fusion.checkpoint_for`` and ``Fusion.checkpoint_sha256`` give them)."""
 
     fused: FusedVolume | None
     outputs: VolumeOutputs
     checkpoint: str | None
+    checkpoint_sha256: str | None
     slice_files: int
     skipped: bool
     seconds: float
@@ -43,7 +45,9 @@ class VolumeRun:
         """``medfuse fuse --json`` for a volume pair."""
         summary: dict = {**fusion.describe(), "output": str(self.outputs.volume), "skipped": self.skipped}
         if self.fused is not None:
-            summary.update(self.fused.to_json(), checkpoint=self.checkpoint)
+            summary.update(
+                self.fused.to_json(), checkpoint=self.checkpoint, checkpoint_sha256=self.checkpoint_sha256
+            )
             summary["slices_written"] = self.slice_files
             summary["preview"] = str(self.outputs.preview) if self.outputs.preview else None
         summary["seconds"] = round(self.seconds, 3)
@@ -138,7 +142,7 @@ def fuse_volume_files(
     started = time.perf_counter()
     check_volume_outputs(outputs, (mri_path, second_path), existing)
     if existing == "skip" and outputs.volume.exists():
-        return VolumeRun(None, outputs, None, 0, True, time.perf_counter() - started)
+        return VolumeRun(None, outputs, None, None, 0, True, time.perf_counter() - started)
     mri, second = read_volume(mri_path), read_volume(second_path)
     with options.progress_bar("fusing slices", quiet) as progress:
         task = progress.add_task("fuse", total=mri.shape[2])
@@ -160,8 +164,15 @@ def fuse_volume_files(
         informative = anatomy.max(axis=1) > anatomy.min(axis=1)  # slices the MRI shows something in
         montage = lightbox(images, informative)
         _write(outputs.preview, lambda: write_png(outputs.preview, montage, 8, overwrite=overwrite))
-    checkpoint = fusion.checkpoint_for(fused.fuser_kind)
-    return VolumeRun(fused, outputs, checkpoint, slice_files, False, time.perf_counter() - started)
+    return VolumeRun(
+        fused,
+        outputs,
+        fusion.checkpoint_for(fused.fuser_kind),
+        fusion.checkpoint_sha256(fused.fuser_kind),
+        slice_files,
+        False,
+        time.perf_counter() - started,
+    )
 
 
 def _write(path: Path, write) -> None:

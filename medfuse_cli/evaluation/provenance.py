@@ -16,7 +16,6 @@ from medfuse_cli import __version__
 from medfuse_cli.evaluation.methods import Method
 from medfuse_cli.evaluation.scoring import PairSetResult
 from medfuse_cli.fusers import get_fuser_spec
-from medfuse_cli.weights import sha256_of
 
 
 @dataclass(frozen=True)
@@ -43,12 +42,9 @@ def collect(methods: list[Method], results: list[PairSetResult]) -> Provenance:
     """The provenance of a run that scored ``methods`` into ``results``.
 
     The command is this process's (``medfuse`` and its arguments, shell-quoted); checkpoints are
-    those each network actually used on some pair set (``PairSetResult.checkpoints``), with the
-    sha256 the model zoo pins for them (a file is verified against it before it is loaded);
-    a ``--weights`` file's sha256 is computed from the file.
-
-    Raises:
-        OSError: A weights file can no longer be read.
+    those each network actually used on some pair set, with the sha256 of their files
+    (``PairSetResult.checkpoints``: a shipped checkpoint's pinned digest, which its file is
+    verified against before it is loaded; a ``--weights`` file's own).
     """
     return Provenance(
         command=shlex.join(["medfuse", *sys.argv[1:]]),
@@ -67,16 +63,16 @@ def _sources(method: Method, results: list[PairSetResult]) -> list[MethodSource]
     spec = get_fuser_spec(method.model)
     if not spec.needs_weights:
         return [MethodSource(method.label, f"{spec.name}: classical rule, no weights")]
-    if method.weights is not None:
-        return [
-            MethodSource(
-                method.label, f"{spec.name}: weights file {method.weights}", sha256_of(method.weights)
-            )
-        ]
-    used = sorted({name for r in results for name in r.checkpoints.get(method.label, ())})
+    used = {name: sha for r in results for name, sha in r.checkpoints.get(method.label, {}).items()}
     if not used:
         return [MethodSource(method.label, f"{spec.name}: not run (skipped)")]
     return [
-        MethodSource(method.label, f"{spec.name}: checkpoint {name}", spec.checkpoint(name).sha256)
-        for name in used
+        MethodSource(
+            method.label,
+            f"{spec.name}: weights file {method.weights}"
+            if method.weights is not None
+            else f"{spec.name}: checkpoint {name}",
+            sha,
+        )
+        for name, sha in sorted(used.items())
     ]

@@ -66,15 +66,16 @@ class MethodScores:
 class PairSetResult:
     """All methods' scores on one pair set, plus the methods that could not run and why.
 
-    ``checkpoints`` holds, per fuser run here, what its pairs were fused with, as
-    ``Fusion.checkpoint_for`` names it (a checkpoint name or ``--weights PATH``; none for a rule).
+    ``checkpoints`` holds, per network run here, what its pairs were fused with: the name
+    ``Fusion.checkpoint_for`` gives (a checkpoint name or ``--weights PATH``) -> the sha256 of
+    that file (``Fusion.checkpoint_sha256``); empty for a classical rule.
     """
 
     pair_set: PairSet
     metrics: list[str]
     methods: dict[str, MethodScores] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
-    checkpoints: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    checkpoints: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
     def best(self, metric: str) -> str | None:
         """The method with the best mean for ``metric`` (direction from the registry); None
@@ -261,8 +262,12 @@ def evaluate(
                     scores.per_image[src.file_name] = values
                 result.methods[method.label] = scores
                 if method.label in fusions:
-                    used = {fusions[method.label].checkpoint_for(s.pair.kind) for s in sources}
-                    result.checkpoints[method.label] = tuple(sorted(c for c in used if c is not None))
+                    fusion = fusions[method.label]
+                    used = {
+                        (fusion.checkpoint_for(k), fusion.checkpoint_sha256(k))
+                        for k in {s.pair.kind for s in sources}
+                    }
+                    result.checkpoints[method.label] = dict(sorted(u for u in used if u[0] is not None))
             results.append(result)
             on_result(result)
     return results

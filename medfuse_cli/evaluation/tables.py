@@ -60,7 +60,9 @@ def result_json(result: PairSetResult) -> dict:
         ``{"metrics": [...], "methods": {label: {"n", "n_finite", "mean", "std", "per_image"}}}``
         with NaN and infinities as None because JSON has neither. ``n`` counts the images
         scored, ``n_finite`` per metric those with a finite score, which its mean and std are
-        over (``summary.csv``'s ``n``, the page's ``n = k of N``).
+        over (``summary.csv``'s ``n``, the page's ``n = k of N``). A network fused here also has
+        ``"checkpoints": {name: sha256}``: what its pairs were fused with (a checkpoint name or
+        ``--weights PATH``) and the sha256 of that file, so a result names the exact weights.
     """
     return {
         "metrics": list(result.metrics),
@@ -75,6 +77,7 @@ def result_json(result: PairSetResult) -> dict:
                     for image, values in scores.per_image.items()
                 },
             }
+            | ({"checkpoints": result.checkpoints[label]} if result.checkpoints.get(label) else {})
             for label, scores in result.methods.items()
         },
     }
