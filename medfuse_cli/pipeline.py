@@ -548,8 +548,10 @@ class Fusion:
             require_onnx_packages()  # one line before any work, not one per pair
         if weights is not None and self.pretrained:
             # One file for every pair: read (and verified) now, so a bad file is one error
-            # before any work, not the same failure repeated for each pair of a folder.
+            # before any work, not the same failure repeated for each pair of a folder; hashed
+            # now too, so the digest a result names is that of the file as it was loaded.
             self.module_for(FUNCTIONAL)
+            self.checkpoint_sha256(FUNCTIONAL)
 
     def checkpoint_for(self, kind: str) -> str | None:
         """What a pair of ``kind`` is fused with: a checkpoint name, ``--weights PATH``, or None
@@ -567,7 +569,8 @@ class Fusion:
         ``fusers.checkpoint_sha256``); None for a classical rule or untrained weights.
 
         Raises:
-            CheckpointError: a ``--weights`` file that has since gone missing.
+            CheckpointError: a ``--weights`` file that is missing (it is hashed when the fusion is
+                made, so not later).
         """
         name = self.checkpoint_for(kind)
         if name is None or not self.pretrained:
@@ -787,8 +790,8 @@ class PairOutcome:
 
     def to_json(self) -> dict:
         """The pair's entry in ``medfuse fuse --json``: output, error, and what was decided
-        (``second_image``, ``checkpoint``, ``checkpoint_sha256``, and ``Levels.to_json``'s ``windows``, ``colormap``,
-        ``kind``, ``kind_given``, ``kind_from``)."""
+        (``second_image``, ``checkpoint``, ``checkpoint_sha256``, and ``Levels.to_json``'s
+        ``windows``, ``colormap``, ``kind``, ``kind_given``, ``kind_from``)."""
         row: dict = {"pair": self.name, "output": str(self.output)}
         if self.error:
             row["error"] = self.error

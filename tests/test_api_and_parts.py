@@ -128,3 +128,22 @@ def test_parts_are_refused_where_there_is_nothing_to_split(examples: Path, tmp_p
     folders = (examples / "CT-MRI" / "MRI", examples / "CT-MRI" / "CT")
     result = run_cli("fuse", *folders, "-o", tmp_path / "o", "--num-parts", 2)  # which part?
     assert result.code == 1 and "needs --part-id" in result.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_weights_file_is_hashed_as_it_was_loaded(tmp_path: Path) -> None:
+    """The digest a result names is the file's when the fusion read it: replacing or removing the
+    file mid-run changes neither the weights in use nor the digest reported for them."""
+    from medfuse_cli.fusers import get_fuser_spec
+    from medfuse_cli.fusers.registry import CT, FUNCTIONAL
+    from medfuse_cli.pipeline import Fusion
+    from medfuse_cli.weights import BUNDLED_DIR
+
+    mine = tmp_path / "mine.safetensors"
+    shutil.copy(BUNDLED_DIR / "lwnet-ct.safetensors", mine)
+    fusion = Fusion("lwnet", "cpu", weights=mine)
+    shutil.copy(BUNDLED_DIR / "lwnet-functional.safetensors", mine)  # another file, same path
+    expected = get_fuser_spec("lwnet").checkpoint("ct").sha256
+    assert fusion.checkpoint_sha256(FUNCTIONAL) == fusion.checkpoint_sha256(CT) == expected
+    mine.unlink()
+    assert fusion.checkpoint_sha256(CT) == expected
+    assert Fusion("average").checkpoint_sha256(CT) is None
