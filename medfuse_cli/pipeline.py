@@ -27,7 +27,7 @@ from medfuse_cli.color import chroma_offsets, merge_luma, split_luma
 from medfuse_cli.colormaps import DEFAULT_COLORMAP, check_colormap, colormap_luma
 from medfuse_cli.devices import resolve_device
 from medfuse_cli.errors import InputError, MedfuseError
-from medfuse_cli.fusers import check_weights_choice, checkpoint_sha256, get_fuser_spec, load_weights
+from medfuse_cli.fusers import check_weights_choice, get_fuser_spec, load_weights
 from medfuse_cli.fusers.registry import CT, FUNCTIONAL, check_fuser_inputs
 from medfuse_cli.io import DEFAULT_MAX_PIXELS, LoadedImage, read_image, write_png
 from medfuse_cli.onnx_runtime import ONNXRUNTIME, TORCH, check_backend, require_onnx_packages
@@ -543,15 +543,13 @@ class Fusion:
         self.pretrained = pretrained
         self._modules: dict[str | None, nn.Module] = {}
         self._sessions: dict[str | None, object] = {}
-        self._sha256: dict[str, str | None] = {}
+        self._weights_sha256: str | None = None  # of the bytes the --weights file was read from
         if self.backend == ONNXRUNTIME:
             require_onnx_packages()  # one line before any work, not one per pair
         if weights is not None and self.pretrained:
             # One file for every pair: read (and verified) now, so a bad file is one error
-            # before any work, not the same failure repeated for each pair of a folder; hashed
-            # now too, so the digest a result names is that of the file as it was loaded.
+            # before any work, not the same failure repeated for each pair of a folder.
             self.module_for(FUNCTIONAL)
-            self.checkpoint_sha256(FUNCTIONAL)
 
     def checkpoint_for(self, kind: str) -> str | None:
         """What a pair of ``kind`` is fused with: a checkpoint name, ``--weights PATH``, or None
@@ -565,20 +563,17 @@ class Fusion:
         return self.checkpoint or self.spec.checkpoint_for(kind).name
 
     def checkpoint_sha256(self, kind: str) -> str | None:
-        """The sha256 of the safetensors file pairs of ``kind`` are fused with (see
-        ``fusers.checkpoint_sha256``); None for a classical rule or untrained weights.
-
-        Raises:
-            CheckpointError: a ``--weights`` file that is missing (it is hashed when the fusion is
-                made, so not later).
-        """
+        """The sha256 of the safetensors file pairs of ``kind`` are fused with: a shipped
+        checkpoint's pinned digest (its file is verified against it before it is loaded), or that
+        of the bytes the ``--weights`` file was read from when this fusion was made (a file
+        replaced or removed later does not change it); None for a classical rule or untrained
+        weights."""
         name = self.checkpoint_for(kind)
         if name is None or not self.pretrained:
             return None
-        if name not in self._sha256:  # a --weights file is hashed once, not once per pair
-            shipped = None if self.weights is not None else name
-            self._sha256[name] = checkpoint_sha256(self.spec, shipped, self.weights)
-        return self._sha256[name]
+        if self.weights is not None:
+            return self._weights_sha256
+        return self.spec.checkpoint(name).sha256
 
     def module_for(self, kind: str) -> nn.Module:
         """The module for pairs of ``kind`` (``"functional"`` or ``"ct"``), built once."""
@@ -588,6 +583,7 @@ class Fusion:
                 loaded = None
             elif self.weights is not None:
                 loaded = load_weights(self.spec, weights=self.weights)
+                self._weights_sha256 = loaded.sha256
             else:
                 loaded = load_weights(self.spec, checkpoint=key)
             self._modules[key] = self.spec.build(loaded, **self.options).eval().to(self.device)

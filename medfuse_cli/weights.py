@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 from medfuse_cli.atomic import write_atomically
 from medfuse_cli.errors import CheckpointError, OutputError
@@ -40,11 +40,14 @@ class LoadedCheckpoint:
         tensors: name -> tensor, on the CPU, every floating tensor finite.
         metadata: the header's ``__metadata__`` (string keys and values).
         source: the file it came from, for messages.
+        sha256: the hex sha256 of the bytes the tensors were read from (None when built in
+            memory), so a result can name the exact file even if the path changes later.
     """
 
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str]
     source: str
+    sha256: str | None = None
 
 
 def _bundled_dir() -> Path:
@@ -89,9 +92,12 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def require_checkpoint_file(path: Path) -> None:
-    """Raise ``CheckpointError`` unless ``path`` is a file: missing, or a folder, said as such."""
+    """Raise ``CheckpointError`` unless ``path`` is a regular file: missing, a folder, or another
+    kind of file (a device such as /dev/null, a named pipe), each said as such."""
     if path.is_dir():
         raise CheckpointError(f"checkpoint is a folder, not a file: {path}")
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"checkpoint is not a regular file (a device or a pipe): {path}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
 
@@ -138,18 +144,21 @@ def read_safetensors(path: Path, sha256: str | None = None) -> LoadedCheckpoint:
     """
     path = Path(path)
     require_checkpoint_file(path)
-    with open(path, "rb") as handle:
-        head = handle.read(9)
+    try:
+        data = path.read_bytes()  # once: what is hashed is what is loaded
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
     # A safetensors header length can itself begin with pickle's or zip's magic bytes (e.g. a
     # 640-byte header is 80 02 00 ...), so the JSON brace at byte 8 decides first.
-    if head[8:9] != _SAFETENSORS_HEADER_START and head.startswith(_PICKLE_MAGIC):
+    if data[8:9] != _SAFETENSORS_HEADER_START and data.startswith(_PICKLE_MAGIC):
         raise CheckpointError(f"{path} is a pickle/PyTorch file; only safetensors checkpoints load")
-    if sha256 is not None and sha256_of(path) != sha256:
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and digest != sha256:
         raise CheckpointError(f"checksum mismatch for {path}: the file is corrupt or not the expected one")
     try:
-        tensors = load_file(str(path))
-        metadata = _read_metadata(path)
-    except (SafetensorError, OSError, ValueError) as exc:
+        tensors = load(data)
+        metadata = _header_metadata(data)
+    except (SafetensorError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a valid safetensors checkpoint ({_first_line(exc)})") from None
     recorded = metadata.pop(TENSOR_DIGEST_KEY, None)
     if recorded is not None and tensor_digest(tensors) != recorded:
@@ -157,14 +166,19 @@ def read_safetensors(path: Path, sha256: str | None = None) -> LoadedCheckpoint:
             f"{path}: its tensor data do not match the {TENSOR_DIGEST_KEY} its header records: the file "
             "is damaged, or a program changed its tensors and kept medfuse's header"
         )
-    return LoadedCheckpoint(tensors=tensors, metadata=metadata, source=str(path))
+    return LoadedCheckpoint(tensors=tensors, metadata=metadata, source=str(path), sha256=digest)
 
 
-def _read_metadata(path: Path) -> dict[str, str]:
-    """The ``__metadata__`` block of a safetensors header (string keys and values)."""
-    with open(path, "rb") as handle:
-        size = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(size))
+def _header_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` block of a safetensors file's header (string keys and values).
+
+    Raises:
+        ValueError: the header is not JSON (``json.JSONDecodeError``) or not an object.
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
     return dict(header.get("__metadata__") or {})
 
 

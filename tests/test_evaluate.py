@@ -17,7 +17,7 @@ from PIL import Image
 
 from medfuse_cli import weights
 from medfuse_cli.color import split_luma
-from medfuse_cli.evaluation.methods import parse_metrics
+from medfuse_cli.evaluation.methods import parse_metrics, parse_model
 from medfuse_cli.evaluation.plots import area_ratio, normalised_means
 from medfuse_cli.evaluation.scoring import MethodScores, PairSetResult, luma8
 from medfuse_cli.fusers import get_fuser_spec
@@ -414,3 +414,12 @@ def test_a_failed_overwrite_leaves_the_old_tables_as_they_were(
     refused = run_cli(*args, "--overwrite")  # refused before scoring: a folder cannot be replaced
     assert refused.code == 1 and refused.stderr.count("\n") == 1
     assert refused.stderr.startswith(f"error: --out: {out / 'summary.csv'} is a folder")
+
+
+def test_a_file_named_like_a_shipped_checkpoint_does_not_replace_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("lwnet.ct", "ct", "mine"):
+        (tmp_path / name).write_bytes(b"not weights")
+    assert parse_model("x=lwnet@lwnet.ct") == parse_model("x=lwnet@ct")
+    assert parse_model("x=lwnet@ct").checkpoint == "lwnet.ct" and parse_model("x=lwnet@ct").weights is None
+    assert parse_model("x=lwnet@mine").weights == Path("mine")  # no checkpoint of that name: the file

@@ -277,3 +277,14 @@ def test_a_folder_or_a_missing_path_given_as_checkpoint_is_said_as_such(tmp_path
         read_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         read_checkpoint(tmp_path / "none.safetensors")
+    os.mkfifo(tmp_path / "pipe.safetensors")  # never opened: reading it would wait for a writer
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        read_checkpoint(tmp_path / "pipe.safetensors")
+
+
+def test_a_loaded_checkpoint_carries_the_sha256_of_the_bytes_it_was_read_from(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    write_checkpoint(path, {"x": torch.arange(4.0)}, {"format": "test"})
+    loaded = read_checkpoint(path)
+    assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert loaded.metadata == {"format": "test"} and torch.equal(loaded.tensors["x"], torch.arange(4.0))

@@ -61,7 +61,9 @@ def parse_model(spec: str, checkpoint: str | None = None, weights: Path | None =
         raise InputError(f"--model {spec} names its weights; --checkpoint/--weights would choose others")
     if at:
         choice = choice.strip()
-        is_file = choice.endswith(".safetensors") or Path(choice).is_file()
+        # A shipped checkpoint's name wins over a file of that name in the working folder.
+        shipped = any(choice in (record.name, record.tag) for record in fuser.checkpoints)
+        is_file = choice.endswith(".safetensors") or (Path(choice).is_file() and not shipped)
         checkpoint, weights = (None, Path(choice)) if is_file else (choice, None)
     elif not fuser.needs_weights:
         checkpoint = weights = None
