@@ -58,7 +58,6 @@ from medfuse_cli.atomic import write_atomically
 from medfuse_cli.errors import InputError, MedfuseError, OutputError
 from medfuse_cli.fusers import (
     check_weights_choice,
-    checkpoint_sha256,
     create_fuser,
     get_fuser_spec,
     list_fusers,
@@ -66,7 +65,7 @@ from medfuse_cli.fusers import (
 from medfuse_cli.fusers.lwnet import SHALLOW_STRIDE, LWNet
 from medfuse_cli.fusers.lywnet import LYWNet
 from medfuse_cli.fusers.registry import FuserSpec
-from medfuse_cli.weights import read_checkpoint, resolve_checkpoint
+from medfuse_cli.weights import LoadedCheckpoint, read_checkpoint, resolve_checkpoint
 
 if TYPE_CHECKING:
     import onnx
@@ -174,11 +173,16 @@ def weights_record(
         CheckpointError: the file is missing, corrupt or not safetensors.
     """
     name = check_weights_choice(spec, checkpoint, weights)
-    sha256 = checkpoint_sha256(spec, name, weights) or ""
     if weights is not None:
-        return WeightsRecord(f"--weights {weights}", sha256, read_checkpoint(Path(weights)).metadata)
+        return loaded_record(f"--weights {weights}", read_checkpoint(Path(weights)))
     record = spec.checkpoint(name) if name is not None else spec.checkpoints[0]
-    return WeightsRecord(record.name, sha256, resolve_checkpoint(record).metadata)
+    return WeightsRecord(record.name, record.sha256, resolve_checkpoint(record).metadata)
+
+
+def loaded_record(name: str, loaded: LoadedCheckpoint) -> WeightsRecord:
+    """The record of weights read from a file: ``name``, the sha256 of the bytes they were read
+    from (not of the path read again, which may hold another file by now), and its header."""
+    return WeightsRecord(name, loaded.sha256 or "", loaded.metadata)
 
 
 def onnx_metadata(

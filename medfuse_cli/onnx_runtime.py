@@ -44,9 +44,8 @@ from medfuse_cli.export import (
     checked_session,
     export_with_metadata,
     ort_session,
-    weights_record,
 )
-from medfuse_cli.fusers import checkpoint_sha256, list_fusers
+from medfuse_cli.fusers import list_fusers
 from medfuse_cli.fusers.registry import FuserSpec
 
 log = logging.getLogger("medfuse_cli")
@@ -181,8 +180,7 @@ def _writable(folder: Path) -> str | None:
 def session_for(
     spec: FuserSpec,
     label: str,
-    checkpoint: str | None,
-    weights: Path | None,
+    record: WeightsRecord,
     options: Mapping[str, object],
     threads: int,
     build: Callable[[], nn.Module],
@@ -195,8 +193,8 @@ def session_for(
     Args:
         spec: the network's spec.
         label: what it is fused with (``Fusion.checkpoint_for``: ``lwnet.ct``, ``--weights PATH``).
-        checkpoint, weights: the shipped checkpoint's full name, or the ``--weights`` file (one
-            of them; neither: the network's first checkpoint).
+        record: the weights ``build`` loads (``Fusion.weights_record``): its sha256, of the bytes
+            that were loaded, keys the cache, so a file replaced since cannot be confused with it.
         options: fuser options (part of the export and of the key).
         threads: the session's ``intra_op_num_threads`` (one thread between operators).
         build: returns the torch module (CPU, eval mode); called only to export.
@@ -217,9 +215,8 @@ def session_for(
     not_cached = "untrained weights" if not pretrained else "no home folder for a cache"
     file_name, rejected = None, None
     if folder is not None:
-        sha256 = checkpoint_sha256(spec, checkpoint, weights)
-        key = cache_key(spec.name, sha256, options, opset)[:16]
-        expected = _expected_metadata(spec, sha256, options, opset)
+        key = cache_key(spec.name, record.sha256, options, opset)[:16]
+        expected = _expected_metadata(spec, record.sha256, options, opset)
         for path in sorted(folder.glob(f"{spec.name}-{key}-*.onnx")) if folder.is_dir() else []:
             session, reason = _load_cached(path, threads, expected)
             if session is not None:
@@ -232,7 +229,6 @@ def session_for(
         if problem is not None:
             not_cached, folder = problem, None
     network = build()  # a checkpoint that cannot be read fails here, before the notice
-    record = weights_record(spec, checkpoint, weights) if pretrained else WeightsRecord(label)
     what = f"{spec.name} ({label})"
     if folder is None:
         message = f"exporting {what} to ONNX for {PURPOSE}, for this run only (not cached: {not_cached})"

@@ -27,6 +27,7 @@ from medfuse_cli.color import chroma_offsets, merge_luma, split_luma
 from medfuse_cli.colormaps import DEFAULT_COLORMAP, check_colormap, colormap_luma
 from medfuse_cli.devices import resolve_device
 from medfuse_cli.errors import InputError, MedfuseError
+from medfuse_cli.export import WeightsRecord, loaded_record, weights_record
 from medfuse_cli.fusers import check_weights_choice, get_fuser_spec, load_weights
 from medfuse_cli.fusers.registry import CT, FUNCTIONAL, check_fuser_inputs
 from medfuse_cli.io import DEFAULT_MAX_PIXELS, LoadedImage, read_image, write_png
@@ -543,7 +544,7 @@ class Fusion:
         self.pretrained = pretrained
         self._modules: dict[str | None, nn.Module] = {}
         self._sessions: dict[str | None, object] = {}
-        self._weights_sha256: str | None = None  # of the bytes the --weights file was read from
+        self._weights_record: WeightsRecord | None = None  # the --weights file as it was read
         if self.backend == ONNXRUNTIME:
             require_onnx_packages()  # one line before any work, not one per pair
         if weights is not None and self.pretrained:
@@ -572,8 +573,22 @@ class Fusion:
         if name is None or not self.pretrained:
             return None
         if self.weights is not None:
-            return self._weights_sha256
+            return self._weights_record.sha256
         return self.spec.checkpoint(name).sha256
+
+    def weights_record(self, kind: str) -> WeightsRecord:
+        """What pairs of ``kind`` are fused with, for an ONNX export's metadata and cache key:
+        name, sha256 (as ``checkpoint_sha256``) and header; for untrained weights, the name only.
+
+        Raises:
+            CheckpointError: a shipped checkpoint cannot be found or verified.
+        """
+        name = self.checkpoint_for(kind) or self.spec.name
+        if not self.pretrained:
+            return WeightsRecord(name)
+        if self.weights is not None:
+            return self._weights_record
+        return weights_record(self.spec, name)
 
     def module_for(self, kind: str) -> nn.Module:
         """The module for pairs of ``kind`` (``"functional"`` or ``"ct"``), built once."""
@@ -583,7 +598,7 @@ class Fusion:
                 loaded = None
             elif self.weights is not None:
                 loaded = load_weights(self.spec, weights=self.weights)
-                self._weights_sha256 = loaded.sha256
+                self._weights_record = loaded_record(key, loaded)
             else:
                 loaded = load_weights(self.spec, checkpoint=key)
             self._modules[key] = self.spec.build(loaded, **self.options).eval().to(self.device)
@@ -604,8 +619,7 @@ class Fusion:
                 self._sessions[key] = onnx_session_for(
                     self.spec,
                     key or self.spec.name,
-                    None if self.weights is not None or not self.pretrained else key,
-                    self.weights,
+                    self.weights_record(kind),
                     self.options,
                     self.describe()["threads"],
                     lambda: self.module_for(kind),

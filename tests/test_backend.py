@@ -254,6 +254,24 @@ def test_weights_files_are_keyed_by_their_sha256(cli, examples, tmp_path, monkey
     assert exported == [f"--weights {copy}"]
 
 
+def test_the_cache_key_is_the_digest_of_the_bytes_loaded(cache, tmp_path, monkeypatch) -> None:
+    """A ``--weights`` file replaced after the fusion read it: the session is the export of the
+    weights read (keyed by their bytes' sha256), not of the file now at that path."""
+    from medfuse_cli.fusers import get_fuser_spec
+    from medfuse_cli.weights import BUNDLED_DIR
+
+    monkeypatch.setenv(onnx_runtime.CACHE_ENV, str(cache["folder"]))
+    monkeypatch.setattr(onnx_runtime, "export_with_metadata", _refuse)  # both are cached
+    mine = tmp_path / "mine.safetensors"
+    shutil.copy(BUNDLED_DIR / "lwnet-ct.safetensors", mine)
+    fusion = Fusion("lwnet", "cpu", weights=mine, backend="onnxruntime")
+    shutil.copy(BUNDLED_DIR / "lwnet-functional.safetensors", mine)
+    session = fusion.session_for(CT)
+    read = get_fuser_spec("lwnet").checkpoint("ct").sha256
+    assert session.get_modelmeta().custom_metadata_map["checkpoint.sha256"] == read
+    assert fusion.checkpoint_sha256(CT) == read
+
+
 def _refuse(*_args, **_kwargs):
     raise AssertionError("exported although the cache holds the file")
 

@@ -331,9 +331,10 @@ def test_one_fuser_with_two_checkpoints_in_one_run(run_cli, examples: Path) -> N
     assert methods["mine"]["checkpoints"] == {"--weights weights/lwnet-ct.safetensors": ct_file}
     assert methods["as-ct"]["per_image"] == methods["mine"]["per_image"]  # the same weights
     assert methods["lwnet"]["per_image"] != methods["as-ct"]["per_image"]  # functional vs CT weights
-    for bad in ("average@ct", "lwnet@nope", "=lwnet", "nope"):
+    for bad in ("average@ct", "lwnet@nope", "=lwnet", "nope", "lwnet@/dev/null"):
         refused = run_cli("evaluate", spect, "-m", bad)
         assert refused.code == 1 and refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
+    assert "not a regular file" in refused.stderr  # /dev/null: said as --weights says it
 
 
 def test_the_default_line_up_leaves_out_the_slow_lywnet(run_cli, examples: Path) -> None:
@@ -423,3 +424,7 @@ def test_a_file_named_like_a_shipped_checkpoint_does_not_replace_it(tmp_path: Pa
     assert parse_model("x=lwnet@lwnet.ct") == parse_model("x=lwnet@ct")
     assert parse_model("x=lwnet@ct").checkpoint == "lwnet.ct" and parse_model("x=lwnet@ct").weights is None
     assert parse_model("x=lwnet@mine").weights == Path("mine")  # no checkpoint of that name: the file
+    assert parse_model("x=lwnet@./ct").weights == Path("ct")  # a path names the file
+    (tmp_path / "folder").mkdir()
+    for path in ("folder", "sub/none", "/dev/null"):  # files, refused when read as --weights is
+        assert parse_model(f"x=lwnet@{path}").weights == Path(path)

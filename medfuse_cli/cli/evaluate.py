@@ -32,7 +32,8 @@ def evaluate(
         "--model",
         "-m",
         help="[LABEL=]NAME[@CHECKPOINT|@FILE.safetensors]: a registered fuser to run and score, "
-        "e.g. lwnet, lwnet@lwnet.ct, authors=lywnet@weights.safetensors (repeatable; see `medfuse models`).",
+        "e.g. lwnet, lwnet@lwnet.ct, authors=lywnet@weights.safetensors (repeatable; see `medfuse models`). "
+        "After @, a shipped checkpoint's name wins over a file of that name; ./NAME names the file.",
     ),
     fused: list[str] | None = typer.Option(
         None, "--fused", help="LABEL=DIR: score images another tool fused, same file names (repeatable)."

@@ -7,6 +7,7 @@ minutes of fusing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,9 +62,11 @@ def parse_model(spec: str, checkpoint: str | None = None, weights: Path | None =
         raise InputError(f"--model {spec} names its weights; --checkpoint/--weights would choose others")
     if at:
         choice = choice.strip()
-        # A shipped checkpoint's name wins over a file of that name in the working folder.
+        # A path (a folder in it, or the .safetensors suffix) is a file; so is another existing
+        # name, unless a shipped checkpoint has it (``./lwnet.ct`` names the file).
         shipped = any(choice in (record.name, record.tag) for record in fuser.checkpoints)
-        is_file = choice.endswith(".safetensors") or (Path(choice).is_file() and not shipped)
+        looks_like_path = choice.endswith(".safetensors") or "/" in choice or os.sep in choice
+        is_file = looks_like_path or (Path(choice).exists() and not shipped)
         checkpoint, weights = (None, Path(choice)) if is_file else (choice, None)
     elif not fuser.needs_weights:
         checkpoint = weights = None

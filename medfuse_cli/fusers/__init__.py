@@ -19,13 +19,7 @@ from torch import nn
 from medfuse_cli.errors import InputError
 from medfuse_cli.fusers import classical, lwnet, lywnet  # noqa: F401  (they register themselves)
 from medfuse_cli.fusers.registry import Checkpoint, FuserSpec, get_fuser_spec, registered_fusers
-from medfuse_cli.weights import (
-    LoadedCheckpoint,
-    read_checkpoint,
-    require_checkpoint_file,
-    resolve_checkpoint,
-    sha256_of,
-)
+from medfuse_cli.weights import LoadedCheckpoint, read_checkpoint, resolve_checkpoint
 
 
 def list_fusers() -> list[FuserSpec]:
@@ -101,34 +95,10 @@ def load_weights(
     return resolve_checkpoint(spec.checkpoint(checkpoint) if checkpoint else spec.checkpoints[0])
 
 
-def checkpoint_sha256(
-    spec: FuserSpec, checkpoint: str | None = None, weights: Path | str | None = None
-) -> str | None:
-    """The sha256 (64 hex digits) of the safetensors file ``load_weights`` reads for the same
-    arguments, without loading it: a shipped checkpoint's pinned digest (its file is verified
-    against it before it is loaded), the ``weights`` file's own, or None for a classical rule.
-
-    Why: a checkpoint's name covers different files across medfuse versions; the digest says
-    which file made a result (``medfuse fuse --json``, ``evaluate --json``, reports, exports).
-
-    Raises:
-        InputError: as ``check_weights_choice``.
-        CheckpointError: the ``weights`` path is missing or a folder.
-    """
-    checkpoint = check_weights_choice(spec, checkpoint, weights)
-    if not spec.needs_weights:
-        return None
-    if weights is not None:
-        require_checkpoint_file(Path(weights))
-        return sha256_of(Path(weights))
-    return (spec.checkpoint(checkpoint) if checkpoint else spec.checkpoints[0]).sha256
-
-
 __all__ = [
     "Checkpoint",
     "FuserSpec",
     "check_weights_choice",
-    "checkpoint_sha256",
     "create_fuser",
     "get_fuser_spec",
     "list_fusers",
