@@ -9,6 +9,7 @@ the fuser).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -209,7 +210,7 @@ def test_json_rows_have_every_field_typed_and_per_pair_counts(run_cli) -> None:
         ("average+io", 1),
     ]
     for row in rows:
-        assert set(row) == {*FIELDS, "checkpoint"}
+        assert set(row) == {*FIELDS, "checkpoint", "checkpoint_sha256"}
         assert all(type(row[name]) is kind for name, kind in FIELDS.items()), row
         whole_flow = row["model"].endswith("+io")
         assert (row["height"], row["width"]) == ((256, 256) if whole_flow else (16, 16))
@@ -218,6 +219,7 @@ def test_json_rows_have_every_field_typed_and_per_pair_counts(run_cli) -> None:
     lwnet = get_fuser_spec("lwnet")
     assert by_name["lwnet", 1]["params"] == 6444  # LWNet's parameters, as `medfuse models` says
     assert by_name["lwnet", 1]["checkpoint"] == lwnet.checkpoint_for(FUNCTIONAL).name
+    assert by_name["lwnet", 1]["checkpoint_sha256"] == lwnet.checkpoint_for(FUNCTIONAL).sha256
     # FLOPs are per pair: the same at batch 1 and 3; and they follow the pixels, 256² being 256x
     # the pixels of 16² (within the border effects of the strided convolutions).
     assert by_name["lwnet", 3]["gflops_per_pair"] == by_name["lwnet", 1]["gflops_per_pair"] > 0
@@ -225,7 +227,7 @@ def test_json_rows_have_every_field_typed_and_per_pair_counts(run_cli) -> None:
     assert 200 < ratio < 300
     for key in (("average", 1), ("average", 3), ("average+io", 1)):
         assert by_name[key]["params"] == 0 and by_name[key]["gflops_per_pair"] == 0
-        assert by_name[key]["checkpoint"] is None
+        assert by_name[key]["checkpoint"] is None and by_name[key]["checkpoint_sha256"] is None
 
 
 @pytest.mark.parametrize("asked", [None, "other"], ids=["fuser-default", "--threads"])
@@ -270,7 +272,11 @@ def test_checkpoint_and_weights_go_to_the_one_network(run_cli, monkeypatch, tmp_
     weights = bundled_path(get_fuser_spec("lwnet").checkpoint("ct"))
     monkeypatch.setattr("medfuse_cli.weights.BUNDLED_DIR", tmp_path)  # only --weights can load
     result = run_cli("benchmark", "-m", "lwnet", "--batch", "1", "--weights", weights, *FAST, "--json")
-    assert [row["checkpoint"] for row in _json(result)["results"]] == [f"--weights {weights}"] * 2
+    rows = _json(result)["results"]
+    assert [row["checkpoint"] for row in rows] == [f"--weights {weights}"] * 2
+    assert [row["checkpoint_sha256"] for row in rows] == [
+        hashlib.sha256(weights.read_bytes()).hexdigest()
+    ] * 2
     assert "random weights" not in result.stderr
 
 

@@ -79,6 +79,8 @@ class BenchRow:
         threads: torch CPU threads the calls ran with.
         checkpoint: what the network ran with (``Fusion.checkpoint_for``: a checkpoint name,
             ``--weights PATH`` or ``untrained``); None for a rule.
+        checkpoint_sha256: the sha256 of that checkpoint's file (``Fusion.checkpoint_sha256``);
+            None for a rule or untrained weights.
         untrained: timed with untrained weights: speed only, never quality.
         calls: timed calls behind the median and p90.
     """
@@ -95,6 +97,7 @@ class BenchRow:
     peak_mem_mb: float
     threads: int
     checkpoint: str | None
+    checkpoint_sha256: str | None
     untrained: bool
     calls: int
 
@@ -289,6 +292,7 @@ def _row(
         peak_mem_mb=peak_mb,
         threads=fusion.describe()["threads"],
         checkpoint=fusion.checkpoint_for(FUNCTIONAL),
+        checkpoint_sha256=fusion.checkpoint_sha256(FUNCTIONAL),
         untrained=not fusion.pretrained,
         calls=latency.calls,
     )
