@@ -56,12 +56,7 @@ from torch import nn
 from medfuse_cli import __version__
 from medfuse_cli.atomic import write_atomically
 from medfuse_cli.errors import InputError, MedfuseError, OutputError
-from medfuse_cli.fusers import (
-    check_weights_choice,
-    create_fuser,
-    get_fuser_spec,
-    list_fusers,
-)
+from medfuse_cli.fusers import check_weights_choice, create_fuser, get_fuser_spec, list_fusers
 from medfuse_cli.fusers.lwnet import SHALLOW_STRIDE, LWNet
 from medfuse_cli.fusers.lywnet import LYWNet
 from medfuse_cli.fusers.registry import FuserSpec
