@@ -211,7 +211,8 @@ def train(
     ),
     train_norm: str | None = _recipe_option(
         "--train-norm",
-        "lywnet: normalisation statistics while training: batch (the authors') or image (as at inference).",
+        "lywnet: normalisation statistics while training: batch (the authors'), image (as they infer) "
+        "or pair (both images of a training pair; the checkpoint then infers per pair).",
         "train_norm",
     ),
     crop_size: int | None = _recipe_option(

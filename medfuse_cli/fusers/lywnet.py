@@ -20,6 +20,13 @@ have different distributions (the preprocessor's one BatchNorm normalises four d
 tensors), so one running average would fit none of them. Training (``model.train()``) uses the
 statistics of the whole batch, as the authors trained.
 
+Our checkpoints may instead normalise per pair (``PER_PAIR``, written in their metadata): the
+statistics of the two images of the pair together, as a BatchNorm whose batch is the pair. FDS
+compares the two feature maps element by element; per-image statistics rescale each image's
+features to the same mean and spread per channel, so a channel weak in the PET and strong in
+the MRI looks equally strong in both, where shared statistics keep the two on one scale. Such
+checkpoints are trained with the same per-pair statistics (``train_norm="pair"``).
+
 Input size. The micro pyramid pools twice by 2, so the network needs H and W divisible by 4.
 ``LYWNet`` reflect-pads the inputs up to the next multiple of 4 and crops the output back, so any
 image of at least 5 x 5 pixels works (``MIN_SIZE``).
@@ -40,6 +47,10 @@ from medfuse_cli.fusers.registry import Checkpoint, FuserSpec, check_fuser_input
 from medfuse_cli.weights import LoadedCheckpoint, load_state_strict
 
 CHANNELS = 64
+# Which images share the normalisation statistics at inference (a checkpoint's ``normalization``).
+PER_IMAGE = "per-image"
+PER_PAIR = "per-pair"
+NORMALIZATIONS = (PER_IMAGE, PER_PAIR)
 DEFAULT_TEMPERATURE = 30.0
 # Sides are padded to a multiple of 4; the ¼-resolution pyramid level then needs at least 2×2
 # pixels for per-image statistics, so 5 (padded to 8) is the smallest side that works.
@@ -47,7 +58,7 @@ MIN_SIZE = 5
 
 
 class ImageNorm(nn.BatchNorm2d):
-    """BatchNorm with batch statistics in training and per-image statistics otherwise.
+    """BatchNorm with batch statistics in training and per-image (or per-pair) statistics otherwise.
 
     No running statistics are kept (see the module docstring); the state is the affine
     ``weight`` and ``bias`` only.
@@ -55,21 +66,34 @@ class ImageNorm(nn.BatchNorm2d):
 
     def __init__(self, channels: int = CHANNELS) -> None:
         super().__init__(channels, track_running_stats=False)
-        # False: training too uses each image's statistics (training's ``train_norm="image"``).
+        # False: training too uses the inference statistics (``train_norm="image"`` or ``"pair"``).
         self.batch_statistics_in_training = True
+        # Consecutive images of a batch that share statistics outside batch statistics: 1 (each
+        # image its own, ``PER_IMAGE``) or 2 (the two images of a pair, ``PER_PAIR``).
+        self.group = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise each channel to zero mean and unit variance, then scale by ``weight``, shift by ``bias``.
 
         Training (``self.training``): the whole batch's statistics, per channel over N, H and W (BatchNorm),
-        unless ``batch_statistics_in_training`` is False: then each image's, as at inference.
-        Inference (``eval()``): each image's own, per channel over H and W (instance norm), so batching
-        never changes a result. Both use the biased variance plus ``eps``. x: (N, C, H, W) float32, with
-        more than one value per channel to average over; returns the same shape, float32, no fixed range.
+        unless ``batch_statistics_in_training`` is False: then those of inference. Inference (``eval()``):
+        per channel over H and W of each group of ``group`` consecutive images (``group`` 1: instance
+        norm), so batching never changes a result. Both use the biased variance plus ``eps``.
+        x: (N, C, H, W) float32, N a multiple of ``group``, with more than one value per channel to
+        average over; returns the same shape, float32, no fixed range.
         """
         if self.training and self.batch_statistics_in_training:
             return super().forward(x)
-        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+        if self.group == 1:
+            return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+        n, c, h, w = x.shape
+        # Lay each group's images side by side in one (C, group*H, W) image: instance norm then
+        # averages over all of them, as BatchNorm over a batch of that group would.
+        grouped = (
+            x.view(n // self.group, self.group, c, h, w).transpose(1, 2).reshape(n // self.group, c, -1, w)
+        )
+        normed = F.instance_norm(grouped, weight=self.weight, bias=self.bias, eps=self.eps)
+        return normed.view(n // self.group, c, self.group, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
 def conv(in_channels: int, out_channels: int, kernel: int, bias: bool = True) -> nn.Conv2d:
@@ -347,13 +371,28 @@ class Reconstructor(nn.Module):
 
 
 class LYWNet(nn.Module):
-    """The whole network: a fuser for two Y images and an autoencoder for training."""
+    """The whole network: a fuser for two Y images and an autoencoder for training.
 
-    def __init__(self, temperature: float = DEFAULT_TEMPERATURE) -> None:
+    ``normalization``: ``PER_IMAGE`` (the authors' inference) or ``PER_PAIR`` (see the module
+    docstring); with ``PER_PAIR``, ``autoencode`` takes a batch of pairs.
+
+    Raises:
+        InputError: an unknown ``normalization`` or temperature.
+    """
+
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, normalization: str = PER_IMAGE) -> None:
         super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise InputError(
+                f"unknown LYWNet normalisation {normalization!r} (choose {' or '.join(NORMALIZATIONS)})"
+            )
+        self.normalization = normalization
         self.extractor = FeatureExtractor()
         self.fusion = FDSFusion(temperature)
         self.reconstructor = Reconstructor()
+        for norm in self.modules():
+            if isinstance(norm, ImageNorm):
+                norm.group = 2 if normalization == PER_PAIR else 1
 
     def forward(self, anatomical: torch.Tensor, functional: torch.Tensor) -> torch.Tensor:
         """Fuse two Y images in [0, 1] of shape (N, 1, H, W); returns the fused Y in [0, 1]."""
@@ -365,12 +404,18 @@ class LYWNet(nn.Module):
         """One pair at a time: convolution kernels may sum in a different order for another
         batch size, so this keeps every output bit independent of what else is in the batch."""
         height, width = anatomical.shape[-2:]
-        fa = self.extractor(pad_to_multiple(anatomical))
-        fb = self.extractor(pad_to_multiple(functional))
+        if self.normalization == PER_PAIR:
+            fa, fb = self.extractor(pad_to_multiple(torch.cat([anatomical, functional]))).split(1)
+        else:
+            fa = self.extractor(pad_to_multiple(anatomical))
+            fb = self.extractor(pad_to_multiple(functional))
         return self.reconstructor(self.fusion(fa, fb))[..., :height, :width]
 
     def autoencode(self, y: torch.Tensor) -> torch.Tensor:
-        """Reconstruct one Y image (the training task); H, W must be multiples of 4."""
+        """Reconstruct Y images (the training task): (N, 1, H, W) -> same; H, W multiples of 4.
+
+        With ``PER_PAIR`` normalisation, images 2k and 2k + 1 are a pair (N even), as in fusion.
+        """
         return self.reconstructor(self.extractor(y))
 
 
@@ -387,7 +432,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = 4) -> torch.Tensor:
 # --- checkpoints and builder ---------------------------------------------------------------
 
 OWN_FORMAT = "medfuse-lywnet-1"
-PER_IMAGE = "per-image"
 
 # Test-split scores written into the file's header by ``finalize_checkpoint`` (MODEL_CARD.md).
 _TEST_METRICS = json.dumps(
@@ -484,28 +528,33 @@ HARVARD_CHECKPOINT = Checkpoint(
 def load_lywnet(loaded: LoadedCheckpoint, temperature: float = DEFAULT_TEMPERATURE) -> LYWNet:
     """Build LYWNet from a checkpoint in our format or the authors', chosen by its metadata.
 
+    The metadata's ``normalization`` picks the inference statistics: ``per-image`` (the authors'
+    weights, and ours trained with batch or per-image statistics) or ``per-pair`` (ours trained
+    with ``train_norm="pair"``).
+
     Raises:
-        CheckpointError: an unknown format, a normalisation other than per-image, or tensors
-            that do not fit the network.
+        CheckpointError: an unknown format, an unknown normalisation (the authors' weights: other
+            than per-image), or tensors that do not fit the network.
     """
-    model = LYWNet(temperature)
     fmt = loaded.metadata.get("format")
     if fmt == AUTHORS_FORMAT:
-        tensors = from_authors_names(loaded.tensors, model)
         normalization = loaded.metadata.get("normalization", "").split(":")[0]
+        known: tuple[str, ...] = (PER_IMAGE,)
     elif fmt == OWN_FORMAT:
-        tensors = loaded.tensors
-        normalization = loaded.metadata.get("normalization")
+        normalization = loaded.metadata.get("normalization", "")
+        known = NORMALIZATIONS
     else:
         raise CheckpointError(
             f"checkpoint {loaded.source} is not a LYWNet checkpoint (format {fmt!r}, expected "
             f"{OWN_FORMAT!r} or {AUTHORS_FORMAT!r})"
         )
-    if normalization != PER_IMAGE:
+    if normalization not in known:
         raise CheckpointError(
             f"checkpoint {loaded.source} asks for normalisation {normalization!r}; LYWNet infers "
-            f"with {PER_IMAGE!r} statistics only"
+            f"with {' or '.join(repr(name) for name in known)} statistics only"
         )
+    model = LYWNet(temperature, normalization)
+    tensors = from_authors_names(loaded.tensors, model) if fmt == AUTHORS_FORMAT else loaded.tensors
     load_state_strict(model, tensors, loaded.source)
     return model.eval()
 

@@ -20,7 +20,7 @@ from typing import ClassVar, TypeVar
 from medfuse_cli.errors import CheckpointError, InputError
 
 LR_SCHEDULES = ("constant", "cosine")
-TRAIN_NORMS = ("batch", "image")
+TRAIN_NORMS = ("batch", "image", "pair")
 CROP_SCALES = ("whole", "native")
 
 
@@ -136,8 +136,10 @@ class LYWNetConfig:
         seed: seeds initialisation and every epoch's order and augmentation.
         monitor: pair folders whose images give a held-out loss after every epoch (none: off).
         train_norm: the statistics LYWNet's normalisation uses while training: ``batch`` (the
-            authors', BatchNorm over the batch) or ``image`` (each image's own, as at inference;
-            our fine-tuning change, so the loss trained is the loss of the network as it fuses).
+            authors', BatchNorm over the batch), ``image`` (each image's own, as the authors'
+            weights infer; our fine-tuning change, so the loss trained is the loss of the network
+            as it fuses) or ``pair`` (each training pair's two images together, which then batch
+            as pairs with the same augmentation; the checkpoint infers per pair too).
         init: our own LYWNet checkpoint (``medfuse-lywnet-1`` format) to start from, or ``""``
             for the seeded random initialisation.
     """
@@ -176,6 +178,10 @@ class LYWNetConfig:
         _require(
             self.train_norm in TRAIN_NORMS,
             f"unknown --train-norm '{self.train_norm}' (choose {' or '.join(TRAIN_NORMS)})",
+        )
+        _require(
+            self.train_norm != "pair" or self.batch_size % 2 == 0,
+            f"--train-norm pair batches whole pairs: --batch-size must be even, got {self.batch_size}",
         )
         _require(
             self.crop_scale in CROP_SCALES,

@@ -15,7 +15,11 @@ all square); augmentation and order come from a generator seeded by (seed, epoch
 run continues exactly as an uninterrupted one would; optionally a cosine learning-rate schedule,
 a held-out loss per epoch, a start from one of our checkpoints (``init``) and per-image
 normalisation while training (``train_norm="image"``: the network trained is then the one that
-fuses, where batch statistics train a slightly different one) (``LYWNetConfig``). The run (folder, resume, budget, provenance,
+fuses, where batch statistics train a slightly different one) or per-pair normalisation
+(``train_norm="pair"``: the two Y images of a training pair go through the network together,
+with the same augmentation draws, and share their statistics, as they do when the checkpoint,
+``normalization: per-pair``, fuses them; the loss is still each image's own reconstruction)
+(``LYWNetConfig``). The run (folder, resume, budget, provenance,
 events) is ``training.run.Run``.
 
 Under torchrun (``training.distributed``) every process draws the order and the augmentation of
@@ -37,7 +41,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medfuse_cli.errors import CheckpointError, InputError
-from medfuse_cli.fusers.lywnet import MIN_SIZE, OWN_FORMAT, PER_IMAGE, ImageNorm, LYWNet, pad_to_multiple
+from medfuse_cli.fusers.lywnet import (
+    MIN_SIZE,
+    OWN_FORMAT,
+    PER_IMAGE,
+    PER_PAIR,
+    ImageNorm,
+    LYWNet,
+    pad_to_multiple,
+)
 from medfuse_cli.training.config import LYWNetConfig
 from medfuse_cli.training.distributed import SINGLE, World, sum_over_processes
 from medfuse_cli.training.events import Listener, StepDone, ignore
@@ -64,7 +76,9 @@ def autoencoder_loss(out: Tensor, target: Tensor) -> tuple[Tensor, dict[str, flo
 
 
 def augment(y: Tensor, size: int, generator: torch.Generator, native: bool = False) -> Tensor:
-    """One (1, H, W) Y image -> (1, size, size): random 90-degree turn, rescale, resize, crop.
+    """(C, H, W) Y images -> (C, size, size): random 90-degree turn, rescale, resize, crop.
+
+    C is 1 (one image) or 2 (a pair, which gets the same draws, so it stays co-registered).
 
     ``native`` skips the resize to ``size`` (``crop_scale="native"``): the crop then comes from
     the rescaled image, at 0.5 to 1 times its own scale (training refuses images whose half is
@@ -133,13 +147,14 @@ def held_out_images(images: list[Tensor], size: int, native: bool = False) -> li
 
 @torch.inference_mode()
 def held_out_loss(model: LYWNet, images: list[Tensor]) -> dict[str, float]:
-    """The authors' loss with inference normalisation (per image), averaged over ``images``.
+    """The authors' loss with the model's inference normalisation, averaged over the images.
 
-    Each image is reconstructed on its own, padded as ``LYWNet`` pads it to fuse and scored on
-    its own pixels, so images of any size (at least ``MIN_SIZE``) are scored whole; for images
-    of one size the mean equals the loss of the whole batch. Logged every epoch next to the
-    same number for a reference checkpoint, it tells how far the run is from the authors'
-    weights without fusing a test image.
+    ``images``: (1, 1, h, w) images, or (2, 1, h, w) pairs for a ``per-pair`` model. Each is
+    reconstructed on its own, padded as ``LYWNet`` pads it to fuse and scored on its own
+    pixels, so images of any size (at least ``MIN_SIZE``) are scored whole; for images of one
+    size the mean equals the loss of the whole batch. Logged every epoch next to the same
+    number for a reference checkpoint, it tells how far the run is from the authors' weights
+    without fusing a test image.
     """
     was_training = model.training
     model.eval()
@@ -147,11 +162,12 @@ def held_out_loss(model: LYWNet, images: list[Tensor]) -> dict[str, float]:
     for y in images:
         height, width = y.shape[-2:]
         out = model.autoencode(pad_to_multiple(y))[..., :height, :width]
-        loss, parts = autoencoder_loss(out, y)
+        loss, parts = autoencoder_loss(out, y)  # a pair's: the mean of its two images' losses
         for key, value in {"loss": loss.item(), **parts}.items():
-            totals[key] += value
+            totals[key] += value * len(y)
     model.train(was_training)
-    return {key: round(value / len(images), 6) for key, value in totals.items()}
+    count = sum(len(y) for y in images)
+    return {key: round(value / count, 6) for key, value in totals.items()}
 
 
 def training_images(data_dirs: list[Path]) -> list[Tensor]:
@@ -165,6 +181,18 @@ def training_images(data_dirs: list[Path]) -> list[Tensor]:
     if not images:
         raise InputError("no training images found")
     return images
+
+
+def training_units(images: list[Tensor], pairs: bool) -> list[Tensor]:
+    """What one index of the shuffled order draws: each (1, H, W) image of ``training_images``,
+    or (``pairs``) each pair as one (2, H, W) tensor, the MRI first (its list's two halves)."""
+    if not pairs:
+        return images
+    half = len(images) // 2
+    return [
+        torch.cat([anatomical, functional])
+        for anatomical, functional in zip(images[:half], images[half:], strict=True)
+    ]
 
 
 def train_lywnet(config: LYWNetConfig, settings: RunSettings, on_event: Listener = ignore) -> Path:
@@ -191,8 +219,9 @@ def train_lywnet(config: LYWNetConfig, settings: RunSettings, on_event: Listener
             f"{len(images)} training images"
             + (f", {len(monitor)} held-out images for the loss per epoch" if monitor is not None else "")
         )
+        units = training_units(images, config.train_norm == "pair")
         torch.manual_seed(config.seed)
-        model = LYWNet()
+        model = LYWNet(normalization=PER_PAIR if config.train_norm == "pair" else PER_IMAGE)
         if config.init and not run.resumed:
             run.progress["init_sha256"] = _load_own_checkpoint(model, Path(config.init))
             run.message(f"starting from {config.init} (sha256 {run.progress['init_sha256']})")
@@ -209,7 +238,7 @@ def train_lywnet(config: LYWNetConfig, settings: RunSettings, on_event: Listener
         network = run.distribute(Autoencoder(model))
 
         def train_epoch(epoch: int) -> dict[str, float]:
-            entry = _train_epoch(network, optimizer, images, config, epoch, run.emit, run.world)
+            entry = _train_epoch(network, optimizer, units, config, epoch, run.emit, run.world)
             if monitor is not None:
                 entry["held_out"] = run.world.agree(lambda: held_out_loss(model, monitor), main_only=True)
             run.progress["log"].append(entry)
@@ -254,7 +283,8 @@ def _held_out(config: LYWNetConfig) -> list[Tensor]:
             f"--monitor: {len(small)} image(s) smaller than LYWNet fuses ({width}x{height}; at least "
             f"{MIN_SIZE} px on each side)"
         )
-    return held_out_images(images, config.size, config.native_crops)
+    fixed = held_out_images(images, config.size, config.native_crops)
+    return [unit[:, None] for unit in training_units([y[0] for y in fixed], config.train_norm == "pair")]
 
 
 def _check_crop_fits(images: list[Tensor], config: LYWNetConfig) -> None:
@@ -328,6 +358,7 @@ def distributed_norms(model: nn.Module) -> None:
                 norm = DistributedImageNorm(child.num_features)
                 norm.weight, norm.bias, norm.eps = child.weight, child.bias, child.eps
                 norm.batch_statistics_in_training = child.batch_statistics_in_training
+                norm.group = child.group
                 norm.train(child.training)
                 replacements[id(child)] = norm
             setattr(parent, name, replacements[id(child)])
@@ -336,54 +367,56 @@ def distributed_norms(model: nn.Module) -> None:
 def _train_epoch(
     network: nn.Module,
     optimizer: torch.optim.Optimizer,
-    images: list[Tensor],
+    units: list[Tensor],
     config: LYWNetConfig,
     epoch: int,
     emit: Listener,
     world: World = SINGLE,
 ) -> dict:
-    """One pass over every image in a seeded random order; returns the epoch's log entry.
+    """One pass over every training unit (image or pair, ``training_units``) in a seeded random
+    order; returns the epoch's log entry. A step takes ``batch_size`` images.
 
     ``network`` is the ``Autoencoder`` (in DDP under torchrun: then each process trains on its
     share of every batch, see ``_step``).
     """
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    order = torch.randperm(len(images), generator=generator).tolist()
+    order = torch.randperm(len(units), generator=generator).tolist()
+    per_unit = units[0].shape[0]
+    images = len(order) * per_unit
     totals = {"loss": 0.0, "mse": 0.0, "cosine": 0.0, "edge": 0.0}
     started = time.monotonic()
     device = next(network.parameters()).device
-    steps = math.ceil(len(order) / config.batch_size)
-    for step, start in enumerate(range(0, len(order), config.batch_size)):
+    units_per_step = config.batch_size // per_unit
+    steps = math.ceil(len(order) / units_per_step)
+    for step, start in enumerate(range(0, len(order), units_per_step)):
         lr = learning_rate_at(config, (epoch - 1) * steps + step, config.epochs * steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        chunk = order[start : start + config.batch_size]
+        chunk = order[start : start + units_per_step]
         if world.distributed:
-            for key, value in _step(network, optimizer, images, chunk, config, generator, world).items():
+            for key, value in _step(network, optimizer, units, chunk, config, generator, world).items():
                 totals[key] += value
         else:
-            crops = [augment(images[i], config.size, generator, config.native_crops) for i in chunk]
-            batch = torch.stack(crops).to(device)
+            crops = [augment(units[i], config.size, generator, config.native_crops) for i in chunk]
+            batch = torch.cat(crops)[:, None].to(device)
             loss, parts = autoencoder_loss(network(batch), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             for key, value in {"loss": loss.item(), **parts}.items():
-                totals[key] += value * len(chunk)
-        done = start + len(chunk)
+                totals[key] += value * len(batch)
+        done = (start + len(chunk)) * per_unit
         emit(StepDone(epoch, step + 1, steps, totals["loss"] / done, done / (time.monotonic() - started)))
     seconds = time.monotonic() - started
-    entry = {key: value / len(order) for key, value in totals.items()}
-    entry.update(
-        epoch=epoch, seconds=round(seconds, 1), images_per_second=round(len(order) / seconds, 2), lr=lr
-    )
+    entry = {key: value / images for key, value in totals.items()}
+    entry.update(epoch=epoch, seconds=round(seconds, 1), images_per_second=round(images / seconds, 2), lr=lr)
     return entry
 
 
 def _step(
     network: nn.Module,
     optimizer: torch.optim.Optimizer,
-    images: list[Tensor],
+    units: list[Tensor],
     chunk: list[int],
     config: LYWNetConfig,
     generator: torch.Generator,
@@ -403,16 +436,16 @@ def _step(
     crops = []
     for position, index in enumerate(chunk):
         if position % world.size == world.rank:
-            crops.append(augment(images[index], size, generator, native))
+            crops.append(augment(units[index], size, generator, native))
         else:
-            augmentation_draws(images[index].shape, size, generator, native)
+            augmentation_draws(units[index].shape, size, generator, native)
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     if crops:
-        batch = torch.stack(crops).to(device)
+        batch = torch.cat(crops)[:, None].to(device)
         loss, parts = autoencoder_loss(network(batch), batch)
         sums += torch.tensor(
             [loss.item(), parts["mse"], parts["cosine"], parts["edge"]], device=device
-        ) * len(crops)
+        ) * len(batch)
         loss = loss * world.loss_weight(len(crops), len(chunk))
     else:
         loss = network(torch.zeros(0, 1, size, size, device=device)).sum()
@@ -453,7 +486,7 @@ def _metadata(model: LYWNet, config: LYWNetConfig, progress: dict) -> dict[str, 
     return {
         "network": "LYWNet",
         "format": OWN_FORMAT,
-        "normalization": PER_IMAGE,
+        "normalization": model.normalization,
         "parameters": str(sum(p.numel() for p in model.parameters())),
         "images": str(progress["images"]),
         "schedule": (
