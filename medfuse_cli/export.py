@@ -9,7 +9,7 @@ The graph takes two float32 tensors ``anatomical`` and ``functional`` of shape
   Python loop, so that batching never moves a bit in torch; ``LWNet.forward``). A traced loop
   would freeze the batch size, so the exported graph runs the networks' batched path, which
   their training uses: no normalisation layer mixes pairs (LWNet has none, LYWNet's are per
-  image), so each pair's result equals the per-pair one within float32 round-off (3e-7 for
+  image or per pair), so each pair's result equals the per-pair one within float32 round-off (3e-7 for
   LWNet, measured by ``check_against_torch`` and ``tests/test_export.py``).
 - **Padding without a branch.** Both networks pad H and W up to a multiple of 4 only when they
   are not one already; ``torch.export`` records such a branch for the example input's size and
@@ -104,11 +104,16 @@ def _lwnet_graph(network: LWNet, anatomical: torch.Tensor, functional: torch.Ten
 
 
 def _lywnet_graph(network: LYWNet, anatomical: torch.Tensor, functional: torch.Tensor) -> torch.Tensor:
-    """``LYWNet._fuse_one`` on the whole batch, then its clamp; padding without a branch (reflection)."""
+    """``LYWNet._fuse_one`` on the whole batch, then its clamp; padding without a branch (reflection).
+
+    The extractor sees each pair's two images next to each other (batch index 2k and 2k + 1),
+    which a per-pair checkpoint's normalisation groups, and a per-image one normalises apart.
+    """
     height, width = anatomical.shape[-2:]
-    fa = network.extractor(_pad_to_multiple(anatomical, 4, "reflect"))
-    fb = network.extractor(_pad_to_multiple(functional, 4, "reflect"))
-    return network.reconstructor(network.fusion(fa, fb))[..., :height, :width].clamp(0.0, 1.0)
+    both = torch.stack([anatomical, functional], dim=1).flatten(0, 1)
+    features = network.extractor(_pad_to_multiple(both, 4, "reflect")).unflatten(0, (-1, 2))
+    fused = network.reconstructor(network.fusion(features[:, 0], features[:, 1]))
+    return fused[..., :height, :width].clamp(0.0, 1.0)
 
 
 GraphForward = Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]

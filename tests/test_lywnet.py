@@ -13,7 +13,7 @@ from PIL import Image
 
 from medfuse_cli.errors import MedfuseError
 from medfuse_cli.fusers import create_fuser, get_fuser_spec, lywnet, lywnet_authors
-from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, ImageNorm, LYWNet, load_lywnet
+from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, PER_PAIR, ImageNorm, LYWNet, load_lywnet
 from medfuse_cli.fusers.lywnet_authors import AUTHORS_FORMAT
 from medfuse_cli.io import to_integer
 from medfuse_cli.pipeline import Fusion, load_pair
@@ -163,6 +163,41 @@ def test_image_norm_is_batch_of_one_batchnorm() -> None:
     torch.testing.assert_close(norm.train()(x), batch)
 
 
+def test_pair_norm_is_batchnorm_over_each_pair() -> None:
+    """Per-pair statistics: each two consecutive images normalised as a BatchNorm batch of two."""
+    norm = ImageNorm(4)
+    norm.group = 2
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.0, 2.0, 0.5, -1.0]))
+        norm.bias.copy_(torch.tensor([0.0, 0.1, -0.3, 0.2]))
+    x = torch.randn(4, 4, 6, 7)
+    x[2:] *= 3.0  # the second pair on another scale: statistics must not leak between pairs
+    per_pair = torch.cat(
+        [F.batch_norm(x[i : i + 2], None, None, norm.weight, norm.bias, True) for i in (0, 2)]
+    )
+    torch.testing.assert_close(norm.eval()(x), per_pair, rtol=0, atol=1e-5)
+    assert not torch.allclose(per_pair, torch.cat([F.instance_norm(x, weight=norm.weight, bias=norm.bias)]))
+
+
+def test_a_per_pair_model_fuses_with_the_pairs_shared_statistics() -> None:
+    """The two images share statistics (so the result differs from per-image) and nothing else
+    in the batch does (so batching still never changes a result)."""
+    per_image = _random_model(4)
+    per_pair = LYWNet(normalization=PER_PAIR).eval()
+    per_pair.load_state_dict(per_image.state_dict())
+    anatomical, functional = _pair(3, 16, 20)
+    with torch.no_grad():
+        together = per_pair(anatomical, functional)
+        alone = torch.cat([per_pair(anatomical[i : i + 1], functional[i : i + 1]) for i in range(3)])
+        features = per_pair.extractor(torch.cat([anatomical[:1], functional[:1]]))
+        by_hand = per_pair.reconstructor(per_pair.fusion(features[:1], features[1:])).clamp(0, 1)
+        assert not torch.allclose(together, per_image(anatomical, functional), atol=1e-3)
+    assert torch.equal(together, alone)
+    torch.testing.assert_close(together[:1], by_hand, rtol=0, atol=1e-6)
+    with pytest.raises(MedfuseError, match="unknown LYWNet normalisation 'per-batch'"):
+        LYWNet(normalization="per-batch")
+
+
 def _authors_tensors(model: LYWNet) -> dict[str, torch.Tensor]:
     """``model``'s tensors under the authors' names, plus the tensors their code stores unused."""
     ours_to_theirs = {ours: theirs for theirs, ours in lywnet_authors._AUTHORS_NAMES.items()}
@@ -212,6 +247,18 @@ def test_strict_loading_rejects_wrong_checkpoints(tmp_path: Path) -> None:
         load_lywnet(LoadedCheckpoint(full, {"format": "medfuse-lwnet-1"}, "lwnet"))
     with pytest.raises(MedfuseError, match="normalisation 'running'"):
         load_lywnet(LoadedCheckpoint(full, {"format": OWN_FORMAT, "normalization": "running"}, "ours"))
+    assert (
+        load_lywnet(
+            LoadedCheckpoint(full, {"format": OWN_FORMAT, "normalization": PER_PAIR}, "ours")
+        ).normalization
+        == PER_PAIR
+    )
+    authors_per_pair = _authors_checkpoint(_authors_tensors(model))
+    authors_per_pair.metadata["normalization"] = PER_PAIR  # theirs only ever ran per image
+    with pytest.raises(
+        MedfuseError, match="normalisation 'per-pair'; LYWNet infers with 'per-image' statistics only"
+    ):
+        load_lywnet(authors_per_pair)
 
 
 def test_registry_builds_from_our_checkpoint_with_the_temperature_option(tmp_path: Path) -> None:

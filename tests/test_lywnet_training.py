@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from medfuse_cli.errors import InputError
-from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, LYWNet, load_lywnet
+from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, PER_PAIR, LYWNet, load_lywnet
 from medfuse_cli.training.lywnet_trainer import (
     STATE_FILE,
     WEIGHTS_FILE,
@@ -25,6 +26,7 @@ from medfuse_cli.training.lywnet_trainer import (
     held_out_loss,
     learning_rate_at,
     train_lywnet,
+    training_units,
 )
 from medfuse_cli.training.recipes import RECIPES
 from medfuse_cli.training.run import RunSettings
@@ -223,6 +225,35 @@ def test_resume_needs_a_state_and_a_new_run_needs_a_new_folder(tiny_data: Path, 
         train_lywnet(replace(CONFIG, epochs=1), RunSettings(out=tmp_path / "run", data=(str(tiny_data),)))
     with pytest.raises(InputError, match="no epoch finished"):  # a clock that stands still
         _train(tiny_data, tmp_path / "no-time", 1, max_minutes=0.0, clock=lambda: 0.0)
+
+
+def test_a_pair_is_augmented_with_the_same_draws() -> None:
+    """``train_norm="pair"`` trains a pair as one unit: both images turned, rescaled and cropped alike."""
+    images = [torch.rand(1, 20, 24) for _ in range(4)]
+    units = training_units(images, pairs=True)
+    assert len(units) == 2 and torch.equal(units[1], torch.cat([images[1], images[3]]))
+    assert training_units(images, pairs=False) is images
+    for native in (False, True):
+        pair = augment(units[0], 8, torch.Generator().manual_seed(3), native)
+        first = augment(images[0], 8, torch.Generator().manual_seed(3), native)
+        second = augment(images[2], 8, torch.Generator().manual_seed(3), native)
+        torch.testing.assert_close(pair, torch.cat([first, second]))
+
+
+def test_a_pair_statistics_run_makes_a_per_pair_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    config = replace(CONFIG, epochs=1, batch_size=4, train_norm="pair", monitor=(str(tiny_data),))
+    path = train_lywnet(
+        config, RunSettings(out=tmp_path / "pair", data=(str(tiny_data),), command="test", threads=1)
+    )
+    meta = read_checkpoint(path).metadata
+    assert meta["normalization"] == PER_PAIR and "pair statistics in training" in meta["schedule"]
+    log = json.loads(meta["training_log"])[0]
+    assert log["images_per_second"] > 0 and math.isfinite(log["held_out"]["loss"])
+    assert load_lywnet(read_checkpoint(path)).normalization == PER_PAIR
+    with pytest.raises(
+        InputError, match="--train-norm pair batches whole pairs: --batch-size must be even, got 3"
+    ):
+        replace(CONFIG, train_norm="pair")
 
 
 def test_cosine_schedule_runs_from_lr_to_min_lr() -> None:

@@ -217,7 +217,11 @@ def train_lywnet(config: LYWNetConfig, settings: RunSettings, on_event: Listener
         monitor = [y.to(run.device) for y in _held_out(config)] if config.monitor else None
         run.message(
             f"{len(images)} training images"
-            + (f", {len(monitor)} held-out images for the loss per epoch" if monitor is not None else "")
+            + (
+                f", {sum(map(len, monitor))} held-out images for the loss per epoch"
+                if monitor is not None
+                else ""
+            )
         )
         units = training_units(images, config.train_norm == "pair")
         torch.manual_seed(config.seed)
