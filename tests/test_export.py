@@ -229,20 +229,22 @@ def test_lywnet_exports_and_equals_torch_at_small_sizes(tmp_path) -> None:
         assert largest_difference(result.file, network, planes) <= TOLERANCE, (batch, height, width)
 
 
-def test_a_per_pair_lywnet_exports_with_each_pairs_shared_statistics(tmp_path) -> None:
-    """Batched in the graph, each pair must still be normalised on its own two images."""
-    from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_PAIR, LYWNet
+def test_a_per_image_lywnet_exports_with_each_images_own_statistics(tmp_path) -> None:
+    """The shipped checkpoint normalises per pair (the test above); one that normalises per image
+    (the authors' way) must keep each image's statistics apart in the batched graph."""
+    from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, PER_PAIR, LYWNet
     from medfuse_cli.weights import write_checkpoint
 
-    path = tmp_path / "per-pair.safetensors"
-    shipped = create_fuser("lywnet").state_dict()  # trained tensors: outputs with structure
-    write_checkpoint(path, shipped, {"format": OWN_FORMAT, "normalization": PER_PAIR})
+    shipped = create_fuser("lywnet")
+    assert shipped.normalization == PER_PAIR
+    path = tmp_path / "per-image.safetensors"
+    write_checkpoint(path, shipped.state_dict(), {"format": OWN_FORMAT, "normalization": PER_IMAGE})
     result = export_onnx("lywnet", tmp_path / "lywnet.onnx", weights=path, device="cpu")
     network = create_fuser("lywnet", weights=path)
-    assert isinstance(network, LYWNet) and network.normalization == PER_PAIR
+    assert isinstance(network, LYWNet) and network.normalization == PER_IMAGE
     planes = example_planes(24, 28, 3)
     assert largest_difference(result.file, network, planes) <= TOLERANCE
-    assert largest_difference(result.file, create_fuser("lywnet"), planes) > 100 * TOLERANCE  # not per image
+    assert largest_difference(result.file, shipped, planes) > 100 * TOLERANCE  # not per pair
 
 
 # --- benchmark --backend onnxruntime ----------------------------------------------------------

@@ -298,7 +298,8 @@ def test_bundled_checkpoint_is_ours_and_loads_by_default() -> None:
     if not path.is_file():
         pytest.skip(f"{path} is not bundled in this checkout")
     loaded = read_checkpoint(path, spec.sha256)
-    assert loaded.metadata["format"] == OWN_FORMAT and loaded.metadata["normalization"] == PER_IMAGE
+    assert loaded.metadata["format"] == OWN_FORMAT and loaded.metadata["normalization"] == PER_PAIR
+    assert create_fuser("lywnet").normalization == PER_PAIR  # fuses as it was trained
     assert {
         "command",
         "data",

@@ -438,60 +438,46 @@ _TEST_METRICS = json.dumps(
     {
         "CT-MRI": {
             "mean": {
-                "CC": 0.8039,
-                "MI": 2.9028,
-                "PSNR": 14.7901,
-                "Qabf": 0.4016,
-                "SSIM": 0.7311,
-                "VIF": 0.4536,
+                "CC": 0.7838,
+                "MI": 3.0032,
+                "PSNR": 14.803,
+                "Qabf": 0.3965,
+                "SSIM": 0.7341,
+                "VIF": 0.4646,
             },
             "n": 23,
             "std": {
-                "CC": 0.0235,
-                "MI": 0.2317,
-                "PSNR": 0.6593,
-                "Qabf": 0.0524,
-                "SSIM": 0.0301,
-                "VIF": 0.0406,
+                "CC": 0.0305,
+                "MI": 0.1663,
+                "PSNR": 0.5756,
+                "Qabf": 0.0538,
+                "SSIM": 0.0302,
+                "VIF": 0.0467,
             },
         },
         "PET-MRI": {
             "mean": {
-                "CC": 0.8513,
-                "MI": 3.0801,
-                "PSNR": 15.1572,
-                "Qabf": 0.324,
-                "SSIM": 0.6182,
-                "VIF": 0.6103,
+                "CC": 0.8391,
+                "MI": 3.0625,
+                "PSNR": 15.0993,
+                "Qabf": 0.3994,
+                "SSIM": 0.6398,
+                "VIF": 0.5801,
             },
             "n": 24,
-            "std": {
-                "CC": 0.0242,
-                "MI": 0.1789,
-                "PSNR": 0.7868,
-                "Qabf": 0.0333,
-                "SSIM": 0.0591,
-                "VIF": 0.0786,
-            },
+            "std": {"CC": 0.0342, "MI": 0.2433, "PSNR": 0.8323, "Qabf": 0.0565, "SSIM": 0.0523, "VIF": 0.056},
         },
         "SPECT-MRI": {
             "mean": {
-                "CC": 0.8976,
-                "MI": 3.1382,
-                "PSNR": 16.5572,
-                "Qabf": 0.4586,
-                "SSIM": 0.7186,
-                "VIF": 0.5295,
+                "CC": 0.8834,
+                "MI": 3.1858,
+                "PSNR": 16.8744,
+                "Qabf": 0.5619,
+                "SSIM": 0.7312,
+                "VIF": 0.5361,
             },
             "n": 21,
-            "std": {
-                "CC": 0.0179,
-                "MI": 0.2141,
-                "PSNR": 0.9043,
-                "Qabf": 0.0465,
-                "SSIM": 0.0509,
-                "VIF": 0.0547,
-            },
+            "std": {"CC": 0.0289, "MI": 0.2242, "PSNR": 0.895, "Qabf": 0.0571, "SSIM": 0.0466, "VIF": 0.0442},
         },
     },
     sort_keys=True,
@@ -500,25 +486,26 @@ HARVARD_CHECKPOINT = Checkpoint(
     fuser="lywnet",
     tag="harvard",
     filename="lywnet-harvard.safetensors",
-    sha256="9d01421e5e7893119b514935b43ba7b95f21463e0c56d6a1edf22ac51c180cad",
+    sha256="06bbab33b2c0f8570fe361744977e4a347140dd265f445dc3c177be5460e32f3",
     applies_to=None,
     meta={
         "network": "LYWNet",
         "format": "medfuse-lywnet-1",
+        "normalization": "per-pair",
         "parameters": "413505",
         "data": '["../shared/data/harvard/SPECT-MRI/train", "../shared/data/harvard/PET-MRI/train", '
         '"../shared/data/harvard/CT-MRI/train"]',
         "command": "medfuse train ../shared/data/harvard/SPECT-MRI/train ../shared/data/harvard/PET-MRI/train "
-        "../shared/data/harvard/CT-MRI/train --model lywnet --recipe lywnet-cpu -o /work/runs/lywnet-w96 "
-        "--init weights/lywnet-harvard.safetensors --epochs 2 --lr 2e-5 --min-lr 1e-6 --crop-size 96 "
-        "--crop-scale whole --train-norm image --max-minutes 95 --threads 1",
-        "schedule": "autoencoder, 1 of 2 epochs over 1368 Y images, Adam lr 2e-05 (cosine to 1e-06), "
-        "batch 16, 96 px crops at whole scale, loss weights (1.0, 25.0, 4.0), image statistics in training, "
+        "../shared/data/harvard/CT-MRI/train --model lywnet --recipe lywnet-cpu -o /work/runs/lywnet-pair "
+        "--init weights/lywnet-harvard.safetensors --epochs 1 --lr 2e-5 --min-lr 1e-6 --crop-size 96 "
+        "--crop-scale whole --train-norm pair --max-minutes 80 --threads 2",
+        "schedule": "autoencoder, 1 of 1 epochs over 1368 Y images, Adam lr 2e-05 (cosine to 1e-06), "
+        "batch 16, 96 px crops at whole scale, loss weights (1.0, 25.0, 4.0), pair statistics in training, "
         "from weights/lywnet-harvard.safetensors "
-        "(sha256 f2583bdb8423e6b33117db928bb7ade06d48456c938376f407975c43a07b5544)",
+        "(sha256 9d01421e5e7893119b514935b43ba7b95f21463e0c56d6a1edf22ac51c180cad)",
         "epochs": "1",
-        "wall_time_minutes": "59.8",
-        "git_commit": "f9446cf93266df93e025fe93e53cd960419563b7",
+        "wall_time_minutes": "69.9",
+        "git_commit": "b6248f33af54e258aa4c7ce41a15b775e2e1de9b",
         "resumed": "[]",
         "test_metrics": _TEST_METRICS,
     },
