@@ -500,7 +500,7 @@ def checked_session(network: nn.Module, name: str, model: bytes, threads: int = 
     if not difference <= CHECK_TOLERANCE:
         raise InputError(
             f"the ONNX export of {name} does not reproduce torch: ONNX Runtime differs by {difference:.3g} "
-            f"(tolerance {CHECK_TOLERANCE:g})"
+            f"(tolerance {CHECK_TOLERANCE:g}); fuse with --backend torch"
         )
     return session, difference
 
