@@ -55,6 +55,9 @@ def test_models_json_prints_every_record_in_full(run_cli) -> None:
         assert row["data"] == json.loads(record.meta["data"]) and isinstance(row["data"], list)
         # each --resume session's command where a run was continued; a list, also when empty
         assert row["resumed"] == json.loads(record.meta["resumed"]) and isinstance(row["resumed"], list)
+    # how the shipped LYWNet fuses (per pair) is part of its record; LWNet has no such setting
+    assert printed["lywnet.harvard"]["normalization"] == "per-pair"
+    assert "normalization" not in printed["lwnet.ct"]
 
 
 def test_models_table_names_every_checkpoint_and_its_command(run_cli) -> None:
@@ -62,6 +65,7 @@ def test_models_table_names_every_checkpoint_and_its_command(run_cli) -> None:
     assert result.code == 0
     for record in RECORDS:
         assert record.name in result.stdout and record.sha256 in result.stdout
+    assert "normalization: per-pair" in result.stdout
 
 
 def test_create_fuser_builds_weights_and_untrained_networks() -> None:

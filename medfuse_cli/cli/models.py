@@ -33,7 +33,8 @@ TYPED_FIELDS = {
 
 def checkpoint_row(record: Checkpoint) -> dict:
     """A checkpoint's record as ``medfuse models --json`` prints it: the header's fields, numbers
-    and lists typed (``TYPED_FIELDS``), ``test_metrics`` parsed."""
+    and lists typed (``TYPED_FIELDS``), ``test_metrics`` parsed, and the inference statistics
+    (``normalization``) of a network whose record names them (LYWNet's)."""
     from medfuse_cli.fusers.registry import PROVENANCE_FIELDS
     from medfuse_cli.weights import bundled_path
 
@@ -45,6 +46,7 @@ def checkpoint_row(record: Checkpoint) -> dict:
         "hub": f"{record.hub_repo}@{record.hub_revision}",
         "sha256": record.sha256,
         **{key: _typed(key, record.meta[key]) for key in PROVENANCE_FIELDS if key != "test_metrics"},
+        **{key: record.meta[key] for key in ("normalization",) if key in record.meta},
         "test_metrics": record.test_metrics,
     }
 
