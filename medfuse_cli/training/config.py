@@ -180,13 +180,18 @@ class LYWNetConfig:
             f"unknown --train-norm '{self.train_norm}' (choose {' or '.join(TRAIN_NORMS)})",
         )
         _require(
-            self.train_norm != "pair" or self.batch_size % 2 == 0,
+            not self.pairs or self.batch_size % 2 == 0,
             f"--train-norm pair batches whole pairs: --batch-size must be even, got {self.batch_size}",
         )
         _require(
             self.crop_scale in CROP_SCALES,
             f"unknown --crop-scale '{self.crop_scale}' (choose {' or '.join(CROP_SCALES)})",
         )
+
+    @property
+    def pairs(self) -> bool:
+        """Whether training draws pairs that share normalisation statistics (``train_norm="pair"``)."""
+        return self.train_norm == "pair"
 
     @property
     def native_crops(self) -> bool:

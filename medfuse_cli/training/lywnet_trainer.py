@@ -55,7 +55,7 @@ from medfuse_cli.training.distributed import SINGLE, World, sum_over_processes
 from medfuse_cli.training.events import Listener, StepDone, ignore
 from medfuse_cli.training.patches import load_pairs
 from medfuse_cli.training.run import Run, RunFiles, RunSettings
-from medfuse_cli.weights import load_state_strict, read_checkpoint, sha256_of, write_checkpoint
+from medfuse_cli.weights import load_state_strict, read_checkpoint, write_checkpoint
 
 STATE_FILE = "lywnet-state.safetensors"
 WEIGHTS_FILE = "lywnet.safetensors"
@@ -223,9 +223,9 @@ def train_lywnet(config: LYWNetConfig, settings: RunSettings, on_event: Listener
                 else ""
             )
         )
-        units = training_units(images, config.train_norm == "pair")
+        units = training_units(images, config.pairs)
         torch.manual_seed(config.seed)
-        model = LYWNet(normalization=PER_PAIR if config.train_norm == "pair" else PER_IMAGE)
+        model = LYWNet(normalization=PER_PAIR if config.pairs else PER_IMAGE)
         if config.init and not run.resumed:
             run.progress["init_sha256"] = _load_own_checkpoint(model, Path(config.init))
             run.message(f"starting from {config.init} (sha256 {run.progress['init_sha256']})")
@@ -266,7 +266,7 @@ def _load_own_checkpoint(model: LYWNet, path: Path) -> str:
     if loaded.metadata.get("format") != OWN_FORMAT:
         raise CheckpointError(f"--init {path}: not one of our LYWNet checkpoints (format {OWN_FORMAT!r})")
     load_state_strict(model, loaded.tensors, str(path))
-    return sha256_of(path)
+    return loaded.sha256  # of the bytes loaded: the file is not read a second time
 
 
 def _held_out(config: LYWNetConfig) -> list[Tensor]:
@@ -288,7 +288,7 @@ def _held_out(config: LYWNetConfig) -> list[Tensor]:
             f"{MIN_SIZE} px on each side)"
         )
     fixed = held_out_images(images, config.size, config.native_crops)
-    return [unit[:, None] for unit in training_units([y[0] for y in fixed], config.train_norm == "pair")]
+    return [unit[:, None] for unit in training_units([y[0] for y in fixed], config.pairs)]
 
 
 def _check_crop_fits(images: list[Tensor], config: LYWNetConfig) -> None:
