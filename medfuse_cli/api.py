@@ -56,13 +56,15 @@ def fuse(
             the options and the fuser refuse.
         CheckpointError, DeviceError: as ``medfuse_cli.pipeline.Fusion``.
     """
-    from medfuse_cli.pipeline import Fusion, ImageOptions, compose, pair_from_images
+    from medfuse_cli.pipeline import Fusion, ImageOptions, compose, notice_if_blank, pair_from_images
 
     options = ImageOptions(kind, window_mri, window_functional, window_ct, colormap)
     first, second = _image(mri, "mri"), _image(functional, "functional")
     pair = pair_from_images("pair", first, second, resize, chroma, options)
     fusion = Fusion(model, device, checkpoint, weights)
-    return compose(pair, fusion.fuse_y(pair.anatomical_y, pair.functional_y, pair.kind))
+    fused_y = fusion.fuse_y(pair.anatomical_y, pair.functional_y, pair.kind)
+    notice_if_blank(pair, fused_y, fusion)
+    return compose(pair, fused_y)
 
 
 def _image(image: ImageLike, name: str) -> LoadedImage:

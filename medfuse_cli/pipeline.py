@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from medfuse_cli.blank_pairs import blank_pairs_made_up, notice_blank_pairs
 from medfuse_cli.color import chroma_offsets, merge_luma, split_luma
 from medfuse_cli.colormaps import DEFAULT_COLORMAP, check_colormap, colormap_luma
 from medfuse_cli.devices import resolve_device
@@ -730,6 +731,13 @@ class Fusion:
         return results  # type: ignore[return-value]
 
 
+def notice_if_blank(pair: Pair, fused_y: np.ndarray, fusion: Fusion) -> None:
+    """A ``notice:`` when ``pair`` is blank in both inputs and came out as values of neither
+    (``medfuse_cli.blank_pairs``); ``fused_y`` is its (H, W) fused Y in [0, 1]."""
+    made_up = blank_pairs_made_up(pair.anatomical_y, pair.functional_y, fused_y)
+    notice_blank_pairs(made_up, fused_y.mean(), f"pair {pair.name}", fusion.spec.name)
+
+
 def _check_planes(anatomical: np.ndarray, functional: np.ndarray) -> None:
     """What ``Fusion.fuse_y`` checks of its arrays before turning them into tensors: numpy
     float planes of one shape. Sizes and values (finite, in [0, 1]) are the fuser's own check
@@ -887,6 +895,7 @@ def fuse_folders(
                 if isinstance(plane, MedfuseError):
                     report(replace(done, error=str(plane)))
                 else:
+                    notice_if_blank(pair, plane, fusion)
                     writes.append(pool.submit(write_outcome, done, pair, plane, existing))
             writes = _collect_finished(writes, report, wait=False)
         _collect_finished(writes, report, wait=True)

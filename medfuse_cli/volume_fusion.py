@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medfuse_cli.blank_pairs import blank_pairs_made_up, notice_blank_pairs
 from medfuse_cli.color import merge_luma
 from medfuse_cli.colormaps import DEFAULT_COLORMAP, check_colormap, colormap_luma
 from medfuse_cli.errors import InputError
@@ -235,6 +236,8 @@ def fuse_volumes(
     total = len(anatomical)
     fused = np.empty(anatomical.shape + ((3,) if colormap else ()), np.float32)
     fuser_kind = CT if kind == "ct" else FUNCTIONAL
+    made_up = np.zeros(total, bool)
+    levels = np.zeros(total, np.float32)  # each slice's mean fused Y, for that notice
     for start in range(0, total, batch_size):
         batch = slice(start, min(start + batch_size, total))
         windowed = second_win.apply(functional[batch])
@@ -242,8 +245,12 @@ def fuse_volumes(
             functional_y, chroma = windowed, None
         else:
             functional_y, chroma = colormap_luma(windowed, colormap)
-        fused_y = fusion.fuse_y(mri_win.apply(anatomical[batch]), functional_y, fuser_kind)
+        anatomical_y = mri_win.apply(anatomical[batch])
+        fused_y = fusion.fuse_y(anatomical_y, functional_y, fuser_kind)
+        made_up[batch] = blank_pairs_made_up(anatomical_y, functional_y, fused_y)
+        levels[batch] = fused_y.mean(axis=(-2, -1))
         fused[batch] = merge_luma(fused_y, chroma)
         on_slices(batch.stop, total)
+    notice_blank_pairs(made_up, levels, "axial slices", fusion.spec.name)
     voxels = from_axial_images(fused, mri.affine)
     return FusedVolume(voxels, mri, kind, kind_rule, mri_win, second_win, colormap, resampled)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from medfuse_cli.errors import InputError
 from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, PER_PAIR, LYWNet, load_lywnet
+from medfuse_cli.training.events import Message
 from medfuse_cli.training.lywnet_trainer import (
     STATE_FILE,
     WEIGHTS_FILE,
@@ -254,6 +255,27 @@ def test_a_pair_statistics_run_makes_a_per_pair_checkpoint(tiny_data: Path, tmp_
         InputError, match="--train-norm pair batches whole pairs: --batch-size must be even, got 3"
     ):
         replace(CONFIG, train_norm="pair")
+
+
+def test_init_from_a_checkpoint_that_infers_otherwise_is_said(tiny_data: Path, tmp_path: Path) -> None:
+    """A per-pair ``init`` trained with batch statistics makes a per-image checkpoint: said."""
+    pair = replace(CONFIG, epochs=1, batch_size=4, train_norm="pair")
+    settings = RunSettings(out=tmp_path / "pair", data=(str(tiny_data),), command="test", threads=1)
+    start = train_lywnet(pair, settings)
+    for train_norm, out, noted in (("batch", "batch", True), ("pair", "again", False)):
+        events: list[object] = []
+        config = replace(pair, train_norm=train_norm, init=str(start))
+        train_lywnet(config, replace(settings, out=tmp_path / out), events.append)
+        lines = [event.text for event in events if isinstance(event, Message)]
+        said = [line for line in lines if line.startswith("note: --init infers per-pair")]
+        assert said == (
+            [
+                "note: --init infers per-pair; --train-norm batch makes this run's "
+                "checkpoint infer per-image (--train-norm pair keeps per-pair)"
+            ]
+            if noted
+            else []
+        )
 
 
 def test_cosine_schedule_runs_from_lr_to_min_lr() -> None:

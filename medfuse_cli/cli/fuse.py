@@ -274,7 +274,14 @@ def _fuse_one(
     existing: str,
     image_options: ImageOptions,
 ) -> PairOutcome:
-    from medfuse_cli.pipeline import PairOutcome, load_pair, output_exists_message, write_fused, write_outcome
+    from medfuse_cli.pipeline import (
+        PairOutcome,
+        load_pair,
+        notice_if_blank,
+        output_exists_message,
+        write_fused,
+        write_outcome,
+    )
 
     if output != "-":
         path = Path(output)
@@ -286,6 +293,7 @@ def _fuse_one(
         prepare_output_folder(path.parent)
     pair = load_pair(mri.stem, mri, functional, resize, chroma, max_pixels, options=image_options)
     fused = fusion.fuse_y(pair.anatomical_y, pair.functional_y, pair.kind)
+    notice_if_blank(pair, fused, fusion)
     done = PairOutcome.fused(pair.name, Path(output), pair, fusion)
     if output == "-":
         write_fused(output, pair, fused)

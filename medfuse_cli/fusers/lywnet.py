@@ -535,6 +535,11 @@ def load_lywnet(loaded: LoadedCheckpoint, temperature: float = DEFAULT_TEMPERATU
             f"checkpoint {loaded.source} is not a LYWNet checkpoint (format {fmt!r}, expected "
             f"{OWN_FORMAT!r} or {AUTHORS_FORMAT!r})"
         )
+    if not normalization:
+        raise CheckpointError(
+            f"checkpoint {loaded.source} has no 'normalization' in its metadata; LYWNet needs it to "
+            f"know which statistics it was trained with ({' or '.join(repr(name) for name in known)})"
+        )
     if normalization not in known:
         raise CheckpointError(
             f"checkpoint {loaded.source} asks for normalisation {normalization!r}; LYWNet infers "

@@ -227,8 +227,13 @@ def train_lywnet(config: LYWNetConfig, settings: RunSettings, on_event: Listener
         torch.manual_seed(config.seed)
         model = LYWNet(normalization=PER_PAIR if config.pairs else PER_IMAGE)
         if config.init and not run.resumed:
-            run.progress["init_sha256"] = _load_own_checkpoint(model, Path(config.init))
+            run.progress["init_sha256"], init_normalization = _load_own_checkpoint(model, Path(config.init))
             run.message(f"starting from {config.init} (sha256 {run.progress['init_sha256']})")
+            if init_normalization != model.normalization:
+                run.message(
+                    f"note: --init infers {init_normalization}; --train-norm {config.train_norm} makes "
+                    f"this run's checkpoint infer {model.normalization} (--train-norm pair keeps per-pair)"
+                )
         for norm in model.modules():
             if isinstance(norm, ImageNorm):
                 norm.batch_statistics_in_training = config.train_norm == "batch"
@@ -253,8 +258,11 @@ def train_lywnet(config: LYWNetConfig, settings: RunSettings, on_event: Listener
         )
 
 
-def _load_own_checkpoint(model: LYWNet, path: Path) -> str:
-    """Load one of our LYWNet checkpoints (``medfuse-lywnet-1``) into ``model``; returns its sha256.
+def _load_own_checkpoint(model: LYWNet, path: Path) -> tuple[str, str]:
+    """Load one of our LYWNet checkpoints (``medfuse-lywnet-1``) into ``model``.
+
+    Returns:
+        The file's sha256 and its ``normalization`` (how it infers; the run may change it).
 
     Only our own format: the authors' weights carry no licence, so no checkpoint we ship may
     descend from them.
@@ -266,7 +274,8 @@ def _load_own_checkpoint(model: LYWNet, path: Path) -> str:
     if loaded.metadata.get("format") != OWN_FORMAT:
         raise CheckpointError(f"--init {path}: not one of our LYWNet checkpoints (format {OWN_FORMAT!r})")
     load_state_strict(model, loaded.tensors, str(path))
-    return loaded.sha256  # of the bytes loaded: the file is not read a second time
+    # sha256 of the bytes loaded: the file is not read a second time
+    return loaded.sha256, loaded.metadata.get("normalization", PER_IMAGE)
 
 
 def _held_out(config: LYWNetConfig) -> list[Tensor]:

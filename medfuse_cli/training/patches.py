@@ -61,12 +61,20 @@ def load_pairs(folders: list[Path]) -> PairSet:
             for files in pair_set.pairs:
                 (anatomical, _), (functional, is_color) = _y_tensor(files.mri), _y_tensor(files.second)
                 if anatomical.shape != functional.shape:
-                    raise MedfuseError(f"{files.name}: MRI and {files.second.parent.name} sizes differ")
+                    raise MedfuseError(
+                        f"{files.name}: MRI is {_size(anatomical)} but {files.second.parent.name} is "
+                        f"{_size(functional)} pixels; the pair must be co-registered at one size"
+                    )
                 pairs.names.append(f"{pair_set.folder}/{files.name}")
                 pairs.anatomical.append(anatomical)
                 pairs.functional.append(functional)
                 pairs.second_is_color.append(is_color)
     return pairs
+
+
+def _size(plane: Tensor) -> str:
+    """A (1, H, W) plane's size as users read it (and `medfuse fuse` says it): WIDTHxHEIGHT."""
+    return f"{plane.shape[-1]}x{plane.shape[-2]}"
 
 
 def read_label_folder(folder: Path, pairs: PairSet) -> list[Tensor]:

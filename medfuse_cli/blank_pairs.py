@@ -1,0 +1,62 @@
+"""Blank pairs: both inputs a single value, so there is nothing to fuse, and saying what came out.
+
+A network that normalises its features by each image's (or each pair's) statistics, as LYWNet
+does, has no contrast to work with in a blank pair: its output there is what its biases make of
+nothing, typically a uniform gray where both inputs are black (a volume's empty end slices, an
+all-zero test image). medfuse does not replace that output with a rule of its own (the fuser's
+result is the result); it counts the pairs fused to values outside both inputs' and says so in a
+``notice:`` line, so a gray slice is never taken for image content.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger("medfuse_cli")
+
+# Half an 8-bit level: a fused value this close to an input value is that value once written.
+_HALF_LEVEL = 0.5 / 255
+
+
+def blank_pairs_made_up(anatomical: np.ndarray, functional: np.ndarray, fused: np.ndarray) -> np.ndarray:
+    """Which pairs are blank in both inputs and were fused to values outside both.
+
+    Args:
+        anatomical, functional, fused: Y planes in [0, 1], (N, H, W) or one (H, W) pair, of one shape.
+
+    Returns:
+        bool array (N,) (or shape () for one pair): True where each input holds a single value
+        and some fused pixel lies more than half an 8-bit level outside the two values' range.
+    """
+    axes = (-2, -1)
+    low = np.minimum(anatomical.min(axis=axes), functional.min(axis=axes))
+    high = np.maximum(anatomical.max(axis=axes), functional.max(axis=axes))
+    blank = (anatomical.max(axis=axes) == anatomical.min(axis=axes)) & (
+        functional.max(axis=axes) == functional.min(axis=axes)
+    )
+    outside = (fused.min(axis=axes) < low - _HALF_LEVEL) | (fused.max(axis=axes) > high + _HALF_LEVEL)
+    return blank & outside
+
+
+def notice_blank_pairs(made_up: np.ndarray, levels: np.ndarray, what: str, fuser: str) -> None:
+    """Log one ``notice:`` if any pair in ``made_up`` (``blank_pairs_made_up``) is True.
+
+    Args:
+        made_up: bool (N,) or (), from ``blank_pairs_made_up``.
+        levels: each pair's mean fused Y in [0, 1], (N,) or (): the level they came out at.
+        what: the pairs as the user knows them ("pair 2004", "axial slices").
+        fuser: the fuser's registered name.
+    """
+    made_up = np.atleast_1d(made_up)
+    count = int(made_up.sum())
+    if count == 0:
+        return
+    level = float(np.atleast_1d(levels)[made_up].mean()) * 255
+    share = f"{count} of {made_up.size} {what}" if made_up.size > 1 else what
+    log.warning(
+        "%s: both inputs are blank (a single value each); %s fused them to values outside both "
+        "(mean level %.0f of 255), which show nothing of the images",
+        share, fuser, level,
+    )  # fmt: skip

@@ -1,0 +1,61 @@
+"""Blank pairs (both inputs one value each): what a network makes of them is said, never hidden."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pytest
+from PIL import Image
+
+from medfuse_cli.blank_pairs import blank_pairs_made_up
+from medfuse_cli.volumes import from_axial_images
+
+AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
+
+
+def test_only_blank_pairs_fused_outside_both_values_are_counted() -> None:
+    zeros, gray = np.zeros((2, 8, 8), np.float32), np.full((2, 8, 8), 0.3, np.float32)
+    textured = np.random.default_rng(0).uniform(0, 1, (2, 8, 8)).astype(np.float32)
+    assert blank_pairs_made_up(zeros, zeros, gray).tolist() == [True, True]
+    assert blank_pairs_made_up(zeros, gray, gray * 0.5).tolist() == [False, False]  # between the two
+    assert blank_pairs_made_up(zeros, zeros, zeros + 0.4 / 255).tolist() == [False, False]  # rounds to 0
+    assert blank_pairs_made_up(textured, zeros, gray).tolist() == [False, False]  # content: fused as is
+    assert bool(blank_pairs_made_up(zeros[0], zeros[0], gray[0])) is True  # one (H, W) pair
+
+
+def _png(path: Path, value: int) -> Path:
+    Image.fromarray(np.full((32, 32), value, np.uint8)).save(path)
+    return path
+
+
+def test_a_blank_pair_fused_to_gray_is_said(tmp_path: Path, run_cli) -> None:
+    mri, ct = _png(tmp_path / "z.png", 0), _png(tmp_path / "ct.png", 0)
+    said = run_cli("fuse", mri, ct, "-o", tmp_path / "f.png", "-m", "lywnet", "-q", "--threads", "1")
+    assert said.code == 0, said.stderr
+    fused = np.asarray(Image.open(tmp_path / "f.png").convert("L"))
+    assert said.stderr == (
+        f"notice: pair z: both inputs are blank (a single value each); lywnet fused them to values "
+        f"outside both (mean level {fused.mean():.0f} of 255), which show nothing of the images\n"
+    )
+    quiet = run_cli("fuse", mri, ct, "-o", tmp_path / "g.png", "-m", "average", "-q")
+    assert quiet.code == 0 and quiet.stderr == ""  # the average of two blacks is black
+
+
+@pytest.mark.parametrize("model", ["lywnet", "average"])
+def test_a_volumes_blank_slices_are_counted(tmp_path: Path, run_cli, model: str) -> None:
+    rng = np.random.default_rng(1)
+    slices = rng.integers(0, 200, (3, 32, 32)).astype(np.int16)
+    slices[0] = 0  # a blank end slice in both scans
+    paths = []
+    for name, images in (("t1", slices), ("pet", slices[:, ::-1])):
+        paths.append(tmp_path / f"{name}.nii.gz")
+        nibabel.save(nibabel.Nifti1Image(from_axial_images(images, AFFINE), AFFINE), paths[-1])
+    out = tmp_path / f"{model}.nii.gz"
+    said = run_cli("fuse", *paths, "-o", out, "--kind", "pet", "-m", model, "-q", "--threads", "1")
+    assert said.code == 0, said.stderr
+    if model == "average":
+        assert said.stderr == ""
+    else:
+        assert said.stderr.startswith("notice: 1 of 3 axial slices: both inputs are blank")
