@@ -731,11 +731,13 @@ class Fusion:
         return results  # type: ignore[return-value]
 
 
-def notice_if_blank(pair: Pair, fused_y: np.ndarray, fusion: Fusion) -> None:
+def notice_if_blank(pair: Pair, fused_y: np.ndarray, fusion: Fusion) -> bool:
     """A ``notice:`` when ``pair`` is blank in both inputs and came out as values of neither
-    (``medfuse_cli.blank_pairs``); ``fused_y`` is its (H, W) fused Y in [0, 1]."""
+    (``medfuse_cli.blank_pairs``); ``fused_y`` is its (H, W) fused Y in [0, 1]. Returns
+    whether it was."""
     made_up = blank_pairs_made_up(pair.anatomical_y, pair.functional_y, fused_y)
     notice_blank_pairs(made_up, fused_y.mean(), f"pair {pair.name}", fusion.spec.name)
+    return bool(made_up)
 
 
 def _check_planes(anatomical: np.ndarray, functional: np.ndarray) -> None:
@@ -775,6 +777,8 @@ class PairOutcome:
         skipped: its output existed and was kept (``existing="skip"``); nothing was written.
         mri_coloured_share: share of the MRI's pixels that were coloured (their colour unused).
         levels: its windows, colour map and kind (None when it could not be read).
+        blank_made_up: both inputs were blank and the fuser made values outside both
+            (``notice_if_blank``).
     """
 
     name: str
@@ -786,9 +790,12 @@ class PairOutcome:
     skipped: bool = False
     mri_coloured_share: float = 0.0
     levels: Levels | None = None
+    blank_made_up: bool = False
 
     @classmethod
-    def fused(cls, name: str, output: Path, pair: Pair, fusion: Fusion) -> PairOutcome:
+    def fused(
+        cls, name: str, output: Path, pair: Pair, fusion: Fusion, blank_made_up: bool = False
+    ) -> PairOutcome:
         """The outcome of a pair that ``fusion`` fused, with what was decided for it."""
         return cls(
             name,
@@ -799,6 +806,7 @@ class PairOutcome:
             fusion.checkpoint_sha256(pair.kind),
             mri_coloured_share=pair.mri_coloured_share,
             levels=pair.levels,
+            blank_made_up=blank_made_up,
         )
 
     @property
@@ -821,6 +829,8 @@ class PairOutcome:
             row["checkpoint_sha256"] = self.checkpoint_sha256
             if self.levels is not None:
                 row.update(self.levels.to_json())
+        if self.blank_made_up:
+            row["blank_pair_made_up"] = True
         if self.mri_coloured_share:  # a few coloured marks in the MRI: only its Y was used
             row["mri_image"] = {"read_as": "gray", "coloured_share": round(self.mri_coloured_share, 6)}
         return row
@@ -891,11 +901,11 @@ def fuse_folders(
                 if isinstance(failure, MedfuseError):
                     report(PairOutcome(job.name, job.output, str(failure)))
             for (job, pair), plane in zip(good, fusion.fuse_pairs([pair for _, pair in good]), strict=True):
-                done = PairOutcome.fused(job.name, job.output, pair, fusion)
                 if isinstance(plane, MedfuseError):
-                    report(replace(done, error=str(plane)))
+                    report(replace(PairOutcome.fused(job.name, job.output, pair, fusion), error=str(plane)))
                 else:
-                    notice_if_blank(pair, plane, fusion)
+                    blank = notice_if_blank(pair, plane, fusion)
+                    done = PairOutcome.fused(job.name, job.output, pair, fusion, blank)
                     writes.append(pool.submit(write_outcome, done, pair, plane, existing))
             writes = _collect_finished(writes, report, wait=False)
         _collect_finished(writes, report, wait=True)

@@ -78,6 +78,8 @@ class FusedVolume:
         windows: the MRI's and the second scan's windows.
         colormap: the colour map given to a PET/SPECT, None for CT.
         resampled: whether the second scan was resampled onto the MRI's grid.
+        blank_slices_made_up: axial slices blank in both scans that the fuser turned into
+            values outside both (``medfuse_cli.blank_pairs``; said in a notice too).
     """
 
     voxels: np.ndarray
@@ -88,6 +90,7 @@ class FusedVolume:
     second_window: Window
     colormap: str | None
     resampled: bool
+    blank_slices_made_up: int = 0
 
     @property
     def fuser_kind(self) -> str:
@@ -112,6 +115,7 @@ class FusedVolume:
             "windows": {"mri": self.mri_window.to_json(), "second": self.second_window.to_json()},
             "colormap": self.colormap,
             "resampled": self.resampled,
+            "blank_slices_made_up": self.blank_slices_made_up,
         }
 
 
@@ -253,4 +257,6 @@ def fuse_volumes(
         on_slices(batch.stop, total)
     notice_blank_pairs(made_up, levels, "axial slices", fusion.spec.name)
     voxels = from_axial_images(fused, mri.affine)
-    return FusedVolume(voxels, mri, kind, kind_rule, mri_win, second_win, colormap, resampled)
+    return FusedVolume(
+        voxels, mri, kind, kind_rule, mri_win, second_win, colormap, resampled, int(made_up.sum())
+    )

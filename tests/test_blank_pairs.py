@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel
@@ -39,8 +40,19 @@ def test_a_blank_pair_fused_to_gray_is_said(tmp_path: Path, run_cli) -> None:
         f"notice: pair z: both inputs are blank (a single value each); lywnet fused them to values "
         f"outside both (mean level {fused.mean():.0f} of 255), which show nothing of the images\n"
     )
-    quiet = run_cli("fuse", mri, ct, "-o", tmp_path / "g.png", "-m", "average", "-q")
+    folders = tmp_path / "mri", tmp_path / "ct"
+    for folder in folders:  # a blank pair "z" beside one with content, "t"
+        folder.mkdir()
+        _png(folder / "z.png", 0)
+        Image.fromarray(np.random.default_rng(2).integers(0, 255, (32, 32), np.uint8)).save(folder / "t.png")
+    scripted = run_cli("fuse", *folders, "-o", tmp_path / "out", "-m", "lywnet", "--json", "-q")
+    assert scripted.code == 0, scripted.stderr
+    rows = {row["pair"]: row for row in json.loads(scripted.stdout)["pairs"]}
+    assert rows["z"]["blank_pair_made_up"] is True and "blank_pair_made_up" not in rows["t"]
+    assert scripted.stderr.startswith("notice: pair z: both inputs are blank")
+    quiet = run_cli("fuse", mri, ct, "-o", tmp_path / "g.png", "-m", "average", "-q", "--json")
     assert quiet.code == 0 and quiet.stderr == ""  # the average of two blacks is black
+    assert "blank_pair_made_up" not in json.loads(quiet.stdout)["pairs"][0]
 
 
 @pytest.mark.parametrize("model", ["lywnet", "average"])
@@ -53,9 +65,10 @@ def test_a_volumes_blank_slices_are_counted(tmp_path: Path, run_cli, model: str)
         paths.append(tmp_path / f"{name}.nii.gz")
         nibabel.save(nibabel.Nifti1Image(from_axial_images(images, AFFINE), AFFINE), paths[-1])
     out = tmp_path / f"{model}.nii.gz"
-    said = run_cli("fuse", *paths, "-o", out, "--kind", "pet", "-m", model, "-q", "--threads", "1")
+    said = run_cli("fuse", *paths, "-o", out, "--kind", "pet", "-m", model, "-q", "--threads", "1", "--json")
     assert said.code == 0, said.stderr
+    made_up = json.loads(said.stdout)["blank_slices_made_up"]
     if model == "average":
-        assert said.stderr == ""
+        assert said.stderr == "" and made_up == 0
     else:
-        assert said.stderr.startswith("notice: 1 of 3 axial slices: both inputs are blank")
+        assert said.stderr.startswith("notice: 1 of 3 axial slices: both inputs are blank") and made_up == 1

@@ -293,8 +293,7 @@ def _fuse_one(
         prepare_output_folder(path.parent)
     pair = load_pair(mri.stem, mri, functional, resize, chroma, max_pixels, options=image_options)
     fused = fusion.fuse_y(pair.anatomical_y, pair.functional_y, pair.kind)
-    notice_if_blank(pair, fused, fusion)
-    done = PairOutcome.fused(pair.name, Path(output), pair, fusion)
+    done = PairOutcome.fused(pair.name, Path(output), pair, fusion, notice_if_blank(pair, fused, fusion))
     if output == "-":
         write_fused(output, pair, fused)
         return done
