@@ -816,7 +816,8 @@ class PairOutcome:
 
     def to_json(self) -> dict:
         """The pair's entry in ``medfuse fuse --json``: output, error, and what was decided
-        (``second_image``, ``checkpoint``, ``checkpoint_sha256``, and ``Levels.to_json``'s
+        (``second_image``, ``checkpoint``, ``checkpoint_sha256``, ``blank_pair_made_up``, and
+        ``Levels.to_json``'s
         ``windows``, ``colormap``, ``kind``, ``kind_given``, ``kind_from``)."""
         row: dict = {"pair": self.name, "output": str(self.output)}
         if self.error:
@@ -827,10 +828,9 @@ class PairOutcome:
             row["second_image"] = self.second.to_json()
             row["checkpoint"] = self.checkpoint
             row["checkpoint_sha256"] = self.checkpoint_sha256
+            row["blank_pair_made_up"] = self.blank_made_up
             if self.levels is not None:
                 row.update(self.levels.to_json())
-        if self.blank_made_up:
-            row["blank_pair_made_up"] = True
         if self.mri_coloured_share:  # a few coloured marks in the MRI: only its Y was used
             row["mri_image"] = {"read_as": "gray", "coloured_share": round(self.mri_coloured_share, 6)}
         return row

@@ -23,6 +23,13 @@ def test_only_blank_pairs_fused_outside_both_values_are_counted() -> None:
     assert blank_pairs_made_up(zeros, gray, gray * 0.5).tolist() == [False, False]  # between the two
     assert blank_pairs_made_up(zeros, zeros, zeros + 0.4 / 255).tolist() == [False, False]  # rounds to 0
     assert blank_pairs_made_up(textured, zeros, gray).tolist() == [False, False]  # content: fused as is
+    stray = zeros.copy()
+    stray[:, 0, 0] = 2 / 255  # a black slice with one faint pixel: blank; 3 levels: content
+    assert blank_pairs_made_up(stray, zeros, gray).tolist() == [True, True]
+    stray[:, 0, 0] = 3 / 255
+    assert blank_pairs_made_up(stray, zeros, gray).tolist() == [False, False]
+    white = np.ones_like(zeros)  # black and white fused to a gray: between the two, as an average
+    assert blank_pairs_made_up(zeros, white, gray).tolist() == [False, False]
     assert bool(blank_pairs_made_up(zeros[0], zeros[0], gray[0])) is True  # one (H, W) pair
 
 
@@ -37,8 +44,9 @@ def test_a_blank_pair_fused_to_gray_is_said(tmp_path: Path, run_cli) -> None:
     assert said.code == 0, said.stderr
     fused = np.asarray(Image.open(tmp_path / "f.png").convert("L"))
     assert said.stderr == (
-        f"notice: pair z: both inputs are blank (a single value each); lywnet fused them to values "
-        f"outside both (mean level {fused.mean():.0f} of 255), which show nothing of the images\n"
+        "notice: pair z: both inputs are blank after their windows (2 levels of 255 or less of "
+        "contrast each); lywnet turned them into values outside the inputs' (mean "
+        f"{100 * fused.mean() / 255:.0f} % of full scale), not image content\n"
     )
     folders = tmp_path / "mri", tmp_path / "ct"
     for folder in folders:  # a blank pair "z" beside one with content, "t"
@@ -48,11 +56,11 @@ def test_a_blank_pair_fused_to_gray_is_said(tmp_path: Path, run_cli) -> None:
     scripted = run_cli("fuse", *folders, "-o", tmp_path / "out", "-m", "lywnet", "--json", "-q")
     assert scripted.code == 0, scripted.stderr
     rows = {row["pair"]: row for row in json.loads(scripted.stdout)["pairs"]}
-    assert rows["z"]["blank_pair_made_up"] is True and "blank_pair_made_up" not in rows["t"]
+    assert rows["z"]["blank_pair_made_up"] is True and rows["t"]["blank_pair_made_up"] is False
     assert scripted.stderr.startswith("notice: pair z: both inputs are blank")
     quiet = run_cli("fuse", mri, ct, "-o", tmp_path / "g.png", "-m", "average", "-q", "--json")
     assert quiet.code == 0 and quiet.stderr == ""  # the average of two blacks is black
-    assert "blank_pair_made_up" not in json.loads(quiet.stdout)["pairs"][0]
+    assert json.loads(quiet.stdout)["pairs"][0]["blank_pair_made_up"] is False
 
 
 @pytest.mark.parametrize("model", ["lywnet", "average"])
@@ -71,4 +79,7 @@ def test_a_volumes_blank_slices_are_counted(tmp_path: Path, run_cli, model: str)
     if model == "average":
         assert said.stderr == "" and made_up == 0
     else:
-        assert said.stderr.startswith("notice: 1 of 3 axial slices: both inputs are blank") and made_up == 1
+        assert (
+            said.stderr.startswith("notice: 1 of 3 axial slices: both inputs are blank after")
+            and made_up == 1
+        )

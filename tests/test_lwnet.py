@@ -76,5 +76,8 @@ def test_checkpoint_of_another_lwnet_format_is_refused(net: LWNet) -> None:
     old = LoadedCheckpoint(
         tensors=dict(net.state_dict()), metadata={"format": "medfuse-lwnet-1"}, source="old.st"
     )
-    with pytest.raises(MedfuseError, match="format 'medfuse-lwnet-1'"):
+    with pytest.raises(MedfuseError, match=r"format 'medfuse-lwnet-1'.*\(retrain with"):
         spec.build(old)
+    lywnet = LoadedCheckpoint(tensors={}, metadata={"format": "medfuse-lywnet-1"}, source="lywnet.st")
+    with pytest.raises(MedfuseError, match=r"\(it holds LYWNet weights: fuse with -m lywnet\)"):
+        spec.build(lywnet)

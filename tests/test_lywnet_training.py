@@ -267,15 +267,12 @@ def test_init_from_a_checkpoint_that_infers_otherwise_is_said(tiny_data: Path, t
         config = replace(pair, train_norm=train_norm, init=str(start))
         train_lywnet(config, replace(settings, out=tmp_path / out), events.append)
         lines = [event.text for event in events if isinstance(event, Message)]
-        said = [line for line in lines if line.startswith("note: --init infers per-pair")]
-        assert said == (
-            [
-                "note: --init infers per-pair; --train-norm batch makes this run's "
-                "checkpoint infer per-image (--train-norm pair keeps per-pair)"
-            ]
-            if noted
-            else []
+        said = [line for line in lines if line.startswith("note: the --init checkpoint")]
+        expected = (
+            "note: the --init checkpoint fuses with per-pair statistics; with --train-norm batch "
+            "this run's checkpoint will fuse with per-image statistics (--train-norm pair keeps per-pair)"
         )
+        assert said == ([expected] if noted else [])
 
 
 def test_cosine_schedule_runs_from_lr_to_min_lr() -> None:

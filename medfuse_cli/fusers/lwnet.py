@@ -307,9 +307,13 @@ def build_lwnet(loaded: LoadedCheckpoint | None) -> nn.Module:
         return net.eval()
     fmt = loaded.metadata.get("format", CHECKPOINT_FORMAT)
     if fmt != CHECKPOINT_FORMAT:
+        advice = (
+            "it holds LYWNet weights: fuse with -m lywnet"
+            if "lywnet" in str(fmt)
+            else "retrain with `medfuse train --model lwnet` or use the bundled weights"
+        )
         raise CheckpointError(
-            f"checkpoint {loaded.source} has format {fmt!r}; this LWNet reads {CHECKPOINT_FORMAT!r} "
-            "(retrain with `medfuse train --model lwnet` or use the bundled weights)"
+            f"checkpoint {loaded.source} has format {fmt!r}; this LWNet reads {CHECKPOINT_FORMAT!r} ({advice})"
         )
     load_state_strict(net, loaded.tensors, loaded.source)
     return net.eval()

@@ -231,8 +231,9 @@ def train_lywnet(config: LYWNetConfig, settings: RunSettings, on_event: Listener
             run.message(f"starting from {config.init} (sha256 {run.progress['init_sha256']})")
             if init_normalization != model.normalization:
                 run.message(
-                    f"note: --init infers {init_normalization}; --train-norm {config.train_norm} makes "
-                    f"this run's checkpoint infer {model.normalization} (--train-norm pair keeps per-pair)"
+                    f"note: the --init checkpoint fuses with {init_normalization} statistics; with "
+                    f"--train-norm {config.train_norm} this run's checkpoint will fuse with "
+                    f"{model.normalization} statistics (--train-norm pair keeps per-pair)"
                 )
         for norm in model.modules():
             if isinstance(norm, ImageNorm):

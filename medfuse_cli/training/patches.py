@@ -62,8 +62,8 @@ def load_pairs(folders: list[Path]) -> PairSet:
                 (anatomical, _), (functional, is_color) = _y_tensor(files.mri), _y_tensor(files.second)
                 if anatomical.shape != functional.shape:
                     raise MedfuseError(
-                        f"{files.name}: MRI is {_size(anatomical)} but {files.second.parent.name} is "
-                        f"{_size(functional)} pixels; the pair must be co-registered at one size"
+                        f"training pair {files.name}: {files.mri} is {_size(anatomical)} but {files.second} "
+                        f"is {_size(functional)} pixels; a pair must be co-registered at one size"
                     )
                 pairs.names.append(f"{pair_set.folder}/{files.name}")
                 pairs.anatomical.append(anatomical)
