@@ -247,6 +247,10 @@ def test_strict_loading_rejects_wrong_checkpoints(tmp_path: Path) -> None:
         load_lywnet(LoadedCheckpoint(full, {"format": "medfuse-lwnet-1"}, "lwnet"))
     with pytest.raises(MedfuseError, match="normalisation 'running'"):
         load_lywnet(LoadedCheckpoint(full, {"format": OWN_FORMAT, "normalization": "running"}, "ours"))
+    with pytest.raises(
+        MedfuseError, match=r"not a LYWNet checkpoint \(no 'format' in its metadata, expected"
+    ):
+        load_lywnet(LoadedCheckpoint(full, {}, "ours"))
     with pytest.raises(MedfuseError, match="has no 'normalization' in its metadata"):
         load_lywnet(LoadedCheckpoint(full, {"format": OWN_FORMAT}, "ours"))
     assert (

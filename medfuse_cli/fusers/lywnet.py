@@ -531,8 +531,9 @@ def load_lywnet(loaded: LoadedCheckpoint, temperature: float = DEFAULT_TEMPERATU
         normalization = loaded.metadata.get("normalization", "")
         known = NORMALIZATIONS
     else:
+        found = "no 'format' in its metadata" if fmt is None else f"format {fmt!r}"
         raise CheckpointError(
-            f"checkpoint {loaded.source} is not a LYWNet checkpoint (format {fmt!r}, expected "
+            f"checkpoint {loaded.source} is not a LYWNet checkpoint ({found}, expected "
             f"{OWN_FORMAT!r} or {AUTHORS_FORMAT!r})"
         )
     if not normalization:
