@@ -438,46 +438,39 @@ _TEST_METRICS = json.dumps(
     {
         "CT-MRI": {
             "mean": {
-                "CC": 0.7838,
-                "MI": 3.0032,
-                "PSNR": 14.803,
-                "Qabf": 0.3965,
-                "SSIM": 0.7341,
-                "VIF": 0.4646,
+                "CC": 0.7844,
+                "MI": 3.0261,
+                "PSNR": 14.8428,
+                "Qabf": 0.3939,
+                "SSIM": 0.7347,
+                "VIF": 0.469,
             },
             "n": 23,
-            "std": {
-                "CC": 0.0305,
-                "MI": 0.1663,
-                "PSNR": 0.5756,
-                "Qabf": 0.0538,
-                "SSIM": 0.0302,
-                "VIF": 0.0467,
-            },
+            "std": {"CC": 0.0304, "MI": 0.163, "PSNR": 0.5723, "Qabf": 0.0554, "SSIM": 0.0303, "VIF": 0.0484},
         },
         "PET-MRI": {
             "mean": {
-                "CC": 0.8391,
-                "MI": 3.0625,
-                "PSNR": 15.0993,
-                "Qabf": 0.3994,
-                "SSIM": 0.6398,
-                "VIF": 0.5801,
+                "CC": 0.839,
+                "MI": 3.1037,
+                "PSNR": 15.1001,
+                "Qabf": 0.3998,
+                "SSIM": 0.6409,
+                "VIF": 0.5867,
             },
             "n": 24,
-            "std": {"CC": 0.0342, "MI": 0.2433, "PSNR": 0.8323, "Qabf": 0.0565, "SSIM": 0.0523, "VIF": 0.056},
+            "std": {"CC": 0.0348, "MI": 0.241, "PSNR": 0.848, "Qabf": 0.0544, "SSIM": 0.0521, "VIF": 0.0568},
         },
         "SPECT-MRI": {
             "mean": {
-                "CC": 0.8834,
-                "MI": 3.1858,
-                "PSNR": 16.8744,
-                "Qabf": 0.5619,
-                "SSIM": 0.7312,
-                "VIF": 0.5361,
+                "CC": 0.8823,
+                "MI": 3.22,
+                "PSNR": 16.8841,
+                "Qabf": 0.5648,
+                "SSIM": 0.7208,
+                "VIF": 0.5436,
             },
             "n": 21,
-            "std": {"CC": 0.0289, "MI": 0.2242, "PSNR": 0.895, "Qabf": 0.0571, "SSIM": 0.0466, "VIF": 0.0442},
+            "std": {"CC": 0.0295, "MI": 0.2281, "PSNR": 0.877, "Qabf": 0.0572, "SSIM": 0.0621, "VIF": 0.0438},
         },
     },
     sort_keys=True,
@@ -486,7 +479,7 @@ HARVARD_CHECKPOINT = Checkpoint(
     fuser="lywnet",
     tag="harvard",
     filename="lywnet-harvard.safetensors",
-    sha256="06bbab33b2c0f8570fe361744977e4a347140dd265f445dc3c177be5460e32f3",
+    sha256="5bb2b4bb8dfa406350375f40b8b6f18862f30491ccafd47161ad8edb9f494e5b",
     applies_to=None,
     meta={
         "network": "LYWNet",
@@ -496,16 +489,16 @@ HARVARD_CHECKPOINT = Checkpoint(
         "data": '["../shared/data/harvard/SPECT-MRI/train", "../shared/data/harvard/PET-MRI/train", '
         '"../shared/data/harvard/CT-MRI/train"]',
         "command": "medfuse train ../shared/data/harvard/SPECT-MRI/train ../shared/data/harvard/PET-MRI/train "
-        "../shared/data/harvard/CT-MRI/train --model lywnet --recipe lywnet-cpu -o /work/runs/lywnet-pair "
-        "--init weights/lywnet-harvard.safetensors --epochs 1 --lr 2e-5 --min-lr 1e-6 --crop-size 96 "
+        "../shared/data/harvard/CT-MRI/train --model lywnet --recipe lywnet-cpu -o /work/runs/lywnet-pair2 "
+        "--init weights/lywnet-harvard.safetensors --epochs 1 --lr 5e-5 --min-lr 1e-6 --crop-size 96 "
         "--crop-scale whole --train-norm pair --max-minutes 80 --threads 2",
-        "schedule": "autoencoder, 1 of 1 epochs over 1368 Y images, Adam lr 2e-05 (cosine to 1e-06), "
+        "schedule": "autoencoder, 1 of 1 epochs over 1368 Y images, Adam lr 5e-05 (cosine to 1e-06), "
         "batch 16, 96 px crops at whole scale, loss weights (1.0, 25.0, 4.0), pair statistics in training, "
         "from weights/lywnet-harvard.safetensors "
-        "(sha256 9d01421e5e7893119b514935b43ba7b95f21463e0c56d6a1edf22ac51c180cad)",
+        "(sha256 06bbab33b2c0f8570fe361744977e4a347140dd265f445dc3c177be5460e32f3)",
         "epochs": "1",
-        "wall_time_minutes": "69.9",
-        "git_commit": "b6248f33af54e258aa4c7ce41a15b775e2e1de9b",
+        "wall_time_minutes": "53.9",
+        "git_commit": "29fcf09ec8b26a39d51a6420384a0c9953e75678",
         "resumed": "[]",
         "test_metrics": _TEST_METRICS,
     },
