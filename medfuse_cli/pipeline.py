@@ -817,8 +817,7 @@ class PairOutcome:
     def to_json(self) -> dict:
         """The pair's entry in ``medfuse fuse --json``: output, error, and what was decided
         (``second_image``, ``checkpoint``, ``checkpoint_sha256``, ``blank_pair_made_up``, and
-        ``Levels.to_json``'s
-        ``windows``, ``colormap``, ``kind``, ``kind_given``, ``kind_from``)."""
+        ``Levels.to_json``'s ``windows``, ``colormap``, ``kind``, ``kind_given``, ``kind_from``)."""
         row: dict = {"pair": self.name, "output": str(self.output)}
         if self.error:
             row["error"] = self.error

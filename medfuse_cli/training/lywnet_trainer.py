@@ -262,11 +262,11 @@ def train_lywnet(config: LYWNetConfig, settings: RunSettings, on_event: Listener
 def _load_own_checkpoint(model: LYWNet, path: Path) -> tuple[str, str]:
     """Load one of our LYWNet checkpoints (``medfuse-lywnet-1``) into ``model``.
 
-    Returns:
-        The file's sha256 and its ``normalization`` (how it infers; the run may change it).
-
     Only our own format: the authors' weights carry no licence, so no checkpoint we ship may
     descend from them.
+
+    Returns:
+        The file's sha256 and its ``normalization`` (how it infers; the run may change it).
 
     Raises:
         CheckpointError: the file is unreadable, not our format, or does not fit the network.
