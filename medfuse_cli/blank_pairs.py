@@ -38,11 +38,10 @@ def blank_pairs_made_up(anatomical: np.ndarray, functional: np.ndarray, fused: n
         range of the two inputs' values together.
     """
     axes = (-2, -1)
-    low = np.minimum(anatomical.min(axis=axes), functional.min(axis=axes))
-    high = np.maximum(anatomical.max(axis=axes), functional.max(axis=axes))
-    blank = (anatomical.max(axis=axes) - anatomical.min(axis=axes) <= BLANK_RANGE) & (
-        functional.max(axis=axes) - functional.min(axis=axes) <= BLANK_RANGE
-    )
+    a_low, a_high = anatomical.min(axis=axes), anatomical.max(axis=axes)
+    f_low, f_high = functional.min(axis=axes), functional.max(axis=axes)
+    blank = (a_high - a_low <= BLANK_RANGE) & (f_high - f_low <= BLANK_RANGE)
+    low, high = np.minimum(a_low, f_low), np.maximum(a_high, f_high)
     outside = (fused.min(axis=axes) < low - _HALF_LEVEL) | (fused.max(axis=axes) > high + _HALF_LEVEL)
     return blank & outside
 

@@ -736,7 +736,8 @@ def notice_if_blank(pair: Pair, fused_y: np.ndarray, fusion: Fusion) -> bool:
     (``medfuse_cli.blank_pairs``); ``fused_y`` is its (H, W) fused Y in [0, 1]. Returns
     whether it was."""
     made_up = blank_pairs_made_up(pair.anatomical_y, pair.functional_y, fused_y)
-    notice_blank_pairs(made_up, fused_y.mean(), f"pair {pair.name}", fusion.spec.name)
+    if made_up:  # the mean level is only needed for the notice
+        notice_blank_pairs(made_up, fused_y.mean(), f"pair {pair.name}", fusion.spec.name)
     return bool(made_up)
 
 
