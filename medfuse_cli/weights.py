@@ -66,15 +66,6 @@ _SAFETENSORS_HEADER_START = b"{"  # after the 8-byte header length, the JSON hea
 TENSOR_DIGEST_KEY = "tensors_sha256"
 
 
-def sha256_of(path: Path) -> str:
-    """The hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     """The hex sha256 of named tensors: each name, dtype, shape and raw bytes, in name order.
 
@@ -249,16 +240,20 @@ def resolve_checkpoint(record: Checkpoint) -> LoadedCheckpoint:
         CheckpointError: neither source gives a file with the pinned sha256.
     """
     bundled = bundled_path(record)
-    if bundled.is_file() and sha256_of(bundled) == record.sha256:
-        return read_checkpoint(bundled, record.sha256)
+    bundled_problem = None
+    if bundled.is_file():
+        try:
+            return read_checkpoint(bundled, record.sha256)  # hashed once, as it is read
+        except CheckpointError as exc:
+            bundled_problem = str(exc)
     if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
         downloaded = _download_from_hub(record)
         if downloaded is not None:
             return read_checkpoint(downloaded, record.sha256)
-    if bundled.is_file():
+    if bundled_problem is not None:
         raise CheckpointError(
-            f"checksum mismatch for the bundled {bundled} and the Hub cannot serve {record.filename}: "
-            "reinstall medfuse or pass --weights PATH"
+            f"the bundled file cannot be used ({bundled_problem}) and the Hub cannot serve "
+            f"{record.filename}: reinstall medfuse or pass --weights PATH"
         )
     raise CheckpointError(
         f"checkpoint {record.filename} is neither bundled nor downloadable; pass --weights PATH"

@@ -157,6 +157,12 @@ def _bad(tmp_path: Path, examples: Path, case: str) -> list:
         return ["fuse", mri, spect, "-o", out, "-m", "average"]
     if case == "output is an input":
         return ["fuse", mri, spect, "-o", mri, "-m", "average", "--overwrite"]
+    if case == "empty weights":  # "" would otherwise be read as the current folder "."
+        return ["fuse", mri, spect, "-o", out, "-m", "lwnet", "--weights", ""]
+    if case == "empty weights=":
+        return ["fuse", mri, spect, "-o", out, "-m", "lwnet", "--weights="]
+    if case == "empty input":
+        return ["fuse", "", spect, "-o", out]
     raise AssertionError(case)
 
 
@@ -176,6 +182,9 @@ BAD_CASES = [
     ("missing output folder", "output folder does not exist"),
     ("output exists", "--overwrite"),
     ("output is an input", "input"),
+    ("empty weights", "^error: empty argument after --weights"),
+    ("empty weights=", "^error: empty value for --weights"),
+    ("empty input", r"^error: empty argument \(word 2 after medfuse\)"),
 ]
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from medfuse_cli.errors import InputError
+from medfuse_cli.errors import CheckpointError, InputError
 from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, PER_PAIR, LYWNet, load_lywnet
 from medfuse_cli.training.events import Message
 from medfuse_cli.training.lywnet_trainer import (
@@ -273,6 +273,15 @@ def test_init_from_a_checkpoint_that_infers_otherwise_is_said(tiny_data: Path, t
             "this run's checkpoint will fuse with per-image statistics (--train-norm pair keeps per-pair)"
         )
         assert said == ([expected] if noted else [])
+    # without its ``normalization`` the file is refused, as `medfuse fuse` refuses it
+    loaded = read_checkpoint(start)
+    unnamed = tmp_path / "no-normalization.safetensors"
+    write_checkpoint(
+        unnamed, loaded.tensors, {k: v for k, v in loaded.metadata.items() if k != "normalization"}
+    )
+    with pytest.raises(CheckpointError, match="has no 'normalization' in its metadata"):
+        train_lywnet(replace(pair, init=str(unnamed)), replace(settings, out=tmp_path / "unnamed"))
+    assert not (tmp_path / "unnamed" / "lywnet.safetensors").exists()
 
 
 def test_cosine_schedule_runs_from_lr_to_min_lr() -> None:

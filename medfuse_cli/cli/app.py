@@ -26,7 +26,7 @@ except ImportError:  # older Typer runs on click itself
 
 from medfuse_cli import __version__
 from medfuse_cli.cli import benchmark, evaluate, export, fuse, models, train
-from medfuse_cli.errors import MedfuseError
+from medfuse_cli.errors import InputError, MedfuseError
 from medfuse_cli.io import write_stdout
 
 # 128 + SIGPIPE: the status a shell reports for a writer whose reader went away (`| head`).
@@ -132,6 +132,7 @@ def main() -> None:
     _show_notices()
     try:
         try:
+            _refuse_empty_words(sys.argv[1:])
             app()
         except _Carried as carried:
             raise carried.exception from None
@@ -149,6 +150,26 @@ def main() -> None:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         sys.exit(1)
+
+
+def _refuse_empty_words(words: list[str]) -> None:
+    """Refuse an empty word on the command line (``--weights ""``, ``-o "$UNSET"``).
+
+    Why: Click turns an empty path into ``Path("")``, which is the current folder ``.``; a
+    command would then read or write there and its error would name ``.``, not the empty value.
+    No option of medfuse takes an empty value.
+
+    Raises:
+        InputError: naming the word before the empty one when that is an option, else its position.
+    """
+    for position, word in enumerate(words, start=1):
+        if word.startswith("--") and word.endswith("="):
+            raise InputError(f"empty value for {word[:-1]}: give one or leave the option out")
+        if word == "":
+            before = words[position - 2] if position > 1 else ""
+            if before.startswith("-") and "=" not in before:
+                raise InputError(f"empty argument after {before}: give a value or leave it out")
+            raise InputError(f"empty argument (word {position} after medfuse): give a value or leave it out")
 
 
 def _usage_message(exc: click_exceptions.UsageError) -> str:

@@ -505,16 +505,14 @@ HARVARD_CHECKPOINT = Checkpoint(
 )
 
 
-def load_lywnet(loaded: LoadedCheckpoint, temperature: float = DEFAULT_TEMPERATURE) -> LYWNet:
-    """Build LYWNet from a checkpoint in our format or the authors', chosen by its metadata.
-
-    The metadata's ``normalization`` picks the inference statistics: ``per-image`` (the authors'
-    weights, and ours trained with batch or per-image statistics) or ``per-pair`` (ours trained
-    with ``train_norm="pair"``).
+def checkpoint_normalization(loaded: LoadedCheckpoint) -> str:
+    """Which statistics a LYWNet checkpoint infers with, from its metadata: ``PER_IMAGE`` (the
+    authors' weights, and ours trained with batch or per-image statistics) or ``PER_PAIR`` (ours
+    trained with ``train_norm="pair"``).
 
     Raises:
-        CheckpointError: an unknown format, an unknown normalisation (the authors' weights: other
-            than per-image), or tensors that do not fit the network.
+        CheckpointError: an unknown format, a missing ``normalization``, or an unknown one (the
+            authors' weights: other than per-image).
     """
     fmt = loaded.metadata.get("format")
     if fmt == AUTHORS_FORMAT:
@@ -539,8 +537,19 @@ def load_lywnet(loaded: LoadedCheckpoint, temperature: float = DEFAULT_TEMPERATU
             f"checkpoint {loaded.source} asks for normalisation {normalization!r}; LYWNet infers "
             f"with {' or '.join(repr(name) for name in known)} statistics only"
         )
-    model = LYWNet(temperature, normalization)
-    tensors = from_authors_names(loaded.tensors, model) if fmt == AUTHORS_FORMAT else loaded.tensors
+    return normalization
+
+
+def load_lywnet(loaded: LoadedCheckpoint, temperature: float = DEFAULT_TEMPERATURE) -> LYWNet:
+    """Build LYWNet from a checkpoint in our format or the authors', chosen by its metadata, with
+    the statistics it names (``checkpoint_normalization``).
+
+    Raises:
+        CheckpointError: as ``checkpoint_normalization``, or tensors that do not fit the network.
+    """
+    model = LYWNet(temperature, checkpoint_normalization(loaded))
+    authors = loaded.metadata.get("format") == AUTHORS_FORMAT
+    tensors = from_authors_names(loaded.tensors, model) if authors else loaded.tensors
     load_state_strict(model, tensors, loaded.source)
     return model.eval()
 

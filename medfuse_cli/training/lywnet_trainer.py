@@ -48,6 +48,7 @@ from medfuse_cli.fusers.lywnet import (
     PER_PAIR,
     ImageNorm,
     LYWNet,
+    checkpoint_normalization,
     pad_to_multiple,
 )
 from medfuse_cli.training.config import LYWNetConfig
@@ -269,14 +270,16 @@ def _load_own_checkpoint(model: LYWNet, path: Path) -> tuple[str, str]:
         The file's sha256 and its ``normalization`` (how it infers; the run may change it).
 
     Raises:
-        CheckpointError: the file is unreadable, not our format, or does not fit the network.
+        CheckpointError: the file is unreadable, not our format, has no known ``normalization``,
+            or does not fit the network.
     """
     loaded = read_checkpoint(path)
     if loaded.metadata.get("format") != OWN_FORMAT:
         raise CheckpointError(f"--init {path}: not one of our LYWNet checkpoints (format {OWN_FORMAT!r})")
+    normalization = checkpoint_normalization(loaded)  # refused here as `medfuse fuse` would refuse it
     load_state_strict(model, loaded.tensors, str(path))
     # sha256 of the bytes loaded: the file is not read a second time
-    return loaded.sha256, loaded.metadata.get("normalization", PER_IMAGE)
+    return loaded.sha256, normalization
 
 
 def _held_out(config: LYWNetConfig) -> list[Tensor]:
