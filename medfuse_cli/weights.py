@@ -232,9 +232,9 @@ def bundled_path(record: Checkpoint) -> Path:
 def resolve_checkpoint(record: Checkpoint) -> LoadedCheckpoint:
     """Find, verify and read the file of a registered checkpoint.
 
-    A bundled file with the pinned sha256 is used at once (no network). Otherwise the Hub copy
-    at the pinned revision; if the Hub cannot serve it, the bundled file (one notice) where one
-    exists.
+    A bundled file with the pinned sha256 is used at once (no network). Otherwise (no bundled
+    file, or a damaged one) the Hub copy at the pinned revision, unless ``HF_HUB_OFFLINE`` is set;
+    a Hub that cannot serve it is one notice, then the error.
 
     Raises:
         CheckpointError: neither source gives a file with the pinned sha256.
@@ -246,18 +246,33 @@ def resolve_checkpoint(record: Checkpoint) -> LoadedCheckpoint:
             return read_checkpoint(bundled, record.sha256)  # hashed once, as it is read
         except CheckpointError as exc:
             bundled_problem = str(exc)
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() not in (
+        "1",
+        "ON",
+        "YES",
+        "TRUE",
+    ):  # as huggingface_hub reads it
         downloaded = _download_from_hub(record)
         if downloaded is not None:
             return read_checkpoint(downloaded, record.sha256)
     if bundled_problem is not None:
         raise CheckpointError(
             f"the bundled file cannot be used ({bundled_problem}) and the Hub cannot serve "
-            f"{record.filename}: reinstall medfuse or pass --weights PATH"
+            f"{record.filename}: {_bundled_remedy()}"
         )
     raise CheckpointError(
-        f"checkpoint {record.filename} is neither bundled nor downloadable; pass --weights PATH"
+        f"checkpoint {record.filename} is neither bundled nor downloadable: {_bundled_remedy()}"
     )
+
+
+def _bundled_remedy() -> str:
+    """What to do about a missing or damaged bundled file: $MEDFUSE_WEIGHTS_DIR, when set, is
+    where medfuse looked, and reinstalling would not change that."""
+    if os.environ.get("MEDFUSE_WEIGHTS_DIR"):
+        return (
+            f"$MEDFUSE_WEIGHTS_DIR points at {BUNDLED_DIR}; unset it, fix that folder, or pass --weights PATH"
+        )
+    return "reinstall medfuse or pass --weights PATH"
 
 
 def _download_from_hub(record: Checkpoint) -> Path | None:

@@ -332,9 +332,11 @@ def test_one_fuser_with_two_checkpoints_in_one_run(run_cli, examples: Path) -> N
     assert methods["mine"]["checkpoints"] == {"--weights weights/lwnet-ct.safetensors": ct_file}
     assert methods["as-ct"]["per_image"] == methods["mine"]["per_image"]  # the same weights
     assert methods["lwnet"]["per_image"] != methods["as-ct"]["per_image"]  # functional vs CT weights
-    for bad in ("average@ct", "lwnet@nope", "=lwnet", "nope", "lwnet@/dev/null"):
+    for bad in ("average@ct", "lwnet@nope", "=lwnet", "nope", "lwnet@", "mine=lwnet@ ", "lwnet@/dev/null"):
         refused = run_cli("evaluate", spect, "-m", bad)
         assert refused.code == 1 and refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
+        if bad.endswith(("@", "@ ")):  # not the current folder "."
+            assert "names no checkpoint or file after '@'" in refused.stderr
     assert "not a regular file" in refused.stderr  # /dev/null: said as --weights says it
 
 

@@ -182,9 +182,9 @@ BAD_CASES = [
     ("missing output folder", "output folder does not exist"),
     ("output exists", "--overwrite"),
     ("output is an input", "input"),
-    ("empty weights", "^error: empty argument after --weights"),
-    ("empty weights=", "^error: empty value for --weights"),
-    ("empty input", r"^error: empty argument \(word 2 after medfuse\)"),
+    ("empty weights", r"^error: empty argument \(word 9 after medfuse, after '--weights'\)"),
+    ("empty weights=", "^error: empty value in --weights=: give one"),
+    ("empty input", r"^error: empty argument \(word 2 after medfuse, after 'fuse'\)"),
 ]
 
 
@@ -204,6 +204,18 @@ def test_bad_input_is_one_line_and_touches_nothing(run_cli, examples, tmp_path: 
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before
     assert {p: p.stat().st_mtime_ns for p in examples.rglob("*.png")} == examples_before
+
+
+def test_an_option_value_ending_in_equals_and_help_beside_an_empty_word_are_taken(
+    run_cli, examples: Path, tmp_path: Path
+) -> None:
+    """Only an empty word or an empty ``--option=`` is refused, and ``--help`` still shows the help."""
+    mri, spect = pair_paths(examples)
+    result = run_cli("fuse", mri, spect, f"--output={tmp_path / 'fused='}.png", "-m", "average", "-q")
+    assert result.code == 0, result.stderr
+    assert (tmp_path / "fused=.png").is_file()
+    shown = run_cli("fuse", "--help", "")
+    assert shown.code == 0 and "Usage" in shown.stdout
 
 
 def test_cuda_requested_without_gpu(run_cli, examples: Path, tmp_path: Path) -> None:

@@ -279,7 +279,9 @@ def test_init_from_a_checkpoint_that_infers_otherwise_is_said(tiny_data: Path, t
     write_checkpoint(
         unnamed, loaded.tensors, {k: v for k, v in loaded.metadata.items() if k != "normalization"}
     )
-    with pytest.raises(CheckpointError, match="has no 'normalization' in its metadata"):
+    with pytest.raises(
+        CheckpointError, match=r"^--init: checkpoint .* has no 'normalization' in its metadata"
+    ):
         train_lywnet(replace(pair, init=str(unnamed)), replace(settings, out=tmp_path / "unnamed"))
     assert not (tmp_path / "unnamed" / "lywnet.safetensors").exists()
 

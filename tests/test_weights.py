@@ -233,7 +233,9 @@ def test_a_corrupt_bundled_file_is_never_loaded(tmp_path: Path) -> None:
         handle.write(b"\x7f\x7f\x7f\x7f")
     result, stderr = _resolve(tmp_path, "http://127.0.0.1:9", sha)
     assert (
-        "bundled file cannot be used (checksum mismatch" in result["error"] and "--weights" in result["error"]
+        "bundled file cannot be used (checksum mismatch" in result["error"]
+        and "$MEDFUSE_WEIGHTS_DIR points at" in result["error"]
+        and "--weights" in result["error"]
     )
     assert stderr.count("\n") == 1 and "Hub unavailable" in stderr
 

@@ -153,23 +153,27 @@ def main() -> None:
 
 
 def _refuse_empty_words(words: list[str]) -> None:
-    """Refuse an empty word on the command line (``--weights ""``, ``-o "$UNSET"``).
+    """Refuse an empty word on the command line (``--weights ""``, ``-o "$UNSET"``, ``--out=``).
 
     Why: Click turns an empty path into ``Path("")``, which is the current folder ``.``; a
     command would then read or write there and its error would name ``.``, not the empty value.
-    No option of medfuse takes an empty value.
+    No option of medfuse takes an empty value. ``--help`` anywhere still shows the help.
 
     Raises:
-        InputError: naming the word before the empty one when that is an option, else its position.
+        InputError: naming the option of an empty ``--option=``, else the empty word's position
+            and the word before it.
     """
+    if "--help" in words:
+        return
     for position, word in enumerate(words, start=1):
-        if word.startswith("--") and word.endswith("="):
-            raise InputError(f"empty value for {word[:-1]}: give one or leave the option out")
+        option, equals, value = word.partition("=")
+        if option.startswith("--") and equals and not value:
+            raise InputError(f"empty value in {word}: give one or leave the option out")
         if word == "":
-            before = words[position - 2] if position > 1 else ""
-            if before.startswith("-") and "=" not in before:
-                raise InputError(f"empty argument after {before}: give a value or leave it out")
-            raise InputError(f"empty argument (word {position} after medfuse): give a value or leave it out")
+            after = f", after {words[position - 2]!r}" if position > 1 else ""
+            raise InputError(
+                f"empty argument (word {position} after medfuse{after}): give a value or leave it out"
+            )
 
 
 def _usage_message(exc: click_exceptions.UsageError) -> str:

@@ -62,6 +62,8 @@ def parse_model(spec: str, checkpoint: str | None = None, weights: Path | None =
         raise InputError(f"--model {spec} names its weights; --checkpoint/--weights would choose others")
     if at:
         choice = choice.strip()
+        if not choice:  # Path("") would be the current folder
+            raise InputError(f"--model {spec} names no checkpoint or file after '@'")
         # A path (a folder in it, or the .safetensors suffix) is a file; so is another existing
         # name, unless a shipped checkpoint has it (``./lwnet.ct`` names the file).
         shipped = any(choice in (record.name, record.tag) for record in fuser.checkpoints)

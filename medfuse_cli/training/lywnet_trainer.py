@@ -270,14 +270,17 @@ def _load_own_checkpoint(model: LYWNet, path: Path) -> tuple[str, str]:
         The file's sha256 and its ``normalization`` (how it infers; the run may change it).
 
     Raises:
-        CheckpointError: the file is unreadable, not our format, has no known ``normalization``,
-            or does not fit the network.
+        CheckpointError: beginning ``--init:``, the file is unreadable, not our format, has no
+            known ``normalization``, or does not fit the network.
     """
-    loaded = read_checkpoint(path)
-    if loaded.metadata.get("format") != OWN_FORMAT:
-        raise CheckpointError(f"--init {path}: not one of our LYWNet checkpoints (format {OWN_FORMAT!r})")
-    normalization = checkpoint_normalization(loaded)  # refused here as `medfuse fuse` would refuse it
-    load_state_strict(model, loaded.tensors, str(path))
+    try:
+        loaded = read_checkpoint(path)
+        if loaded.metadata.get("format") != OWN_FORMAT:
+            raise CheckpointError(f"{path} is not one of our LYWNet checkpoints (format {OWN_FORMAT!r})")
+        normalization = checkpoint_normalization(loaded)  # refused here as `medfuse fuse` would refuse it
+        load_state_strict(model, loaded.tensors, str(path))
+    except CheckpointError as exc:
+        raise CheckpointError(f"--init: {exc}") from None
     # sha256 of the bytes loaded: the file is not read a second time
     return loaded.sha256, normalization
 

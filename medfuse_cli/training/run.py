@@ -194,7 +194,7 @@ class Run:
         own = config_from_json(type(config), stored.config, str(self.out / self.files.weights))
         changeable = type(config).CHANGEABLE_ON_RESUME
         conflicts = [
-            f"{option_flag(f.name)} {getattr(config, f.name)!r} (the run's: {getattr(own, f.name)!r})"
+            f"{option_flag(f.name)} {_shown(getattr(config, f.name))} (the run's: {_shown(getattr(own, f.name))})"
             for f in fields(config)
             if f.name not in changeable and getattr(config, f.name) != getattr(own, f.name)
         ]
@@ -378,3 +378,8 @@ class Run:
         last = self.progress.get("last_epoch_seconds") or 0.0  # none yet, or a run saved before it was kept
         budget = self._max_minutes * 60
         return spent < budget and spent + last <= budget
+
+
+def _shown(value: object) -> str:
+    """A setting as a resume conflict names it: an unset one (``""`` or None) as ``none``."""
+    return "none" if value in ("", None) else repr(value)
