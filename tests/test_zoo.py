@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -58,6 +59,22 @@ def test_models_json_prints_every_record_in_full(run_cli) -> None:
     # how the shipped LYWNet fuses (per pair) is part of its record; LWNet has no such setting
     assert printed["lywnet.harvard"]["normalization"] == "per-pair"
     assert "normalization" not in printed["lwnet.ct"]
+
+
+def test_models_does_not_count_a_damaged_bundled_file(run_cli, tmp_path: Path, monkeypatch) -> None:
+    from medfuse_cli import weights
+
+    copy = tmp_path / "weights"
+    shutil.copytree(weights.BUNDLED_DIR, copy)
+    data = bytearray((copy / "lwnet-ct.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "lwnet-ct.safetensors").write_bytes(bytes(data))
+    monkeypatch.setattr(weights, "BUNDLED_DIR", copy)
+    result = run_cli("models", "--json")
+    bundled = {
+        c["name"]: c["bundled"] for row in json.loads(result.stdout)["models"] for c in row["checkpoints"]
+    }
+    assert bundled["lwnet.ct"] is False and bundled["lywnet.harvard"] is True
 
 
 def test_models_table_names_every_checkpoint_and_its_command(run_cli) -> None:

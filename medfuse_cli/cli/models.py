@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import TYPE_CHECKING
 
@@ -32,17 +33,19 @@ TYPED_FIELDS = {
 
 
 def checkpoint_row(record: Checkpoint) -> dict:
-    """A checkpoint's record as ``medfuse models --json`` prints it: the header's fields, numbers
-    and lists typed (``TYPED_FIELDS``), ``test_metrics`` parsed, and the inference statistics
-    (``normalization``) of a network whose record names them (LYWNet's)."""
+    """A checkpoint's record as ``medfuse models --json`` prints it: whether a bundled copy with
+    the pinned sha256 is present (``bundled``; a damaged one is not counted), the header's
+    fields, numbers and lists typed (``TYPED_FIELDS``), ``test_metrics`` parsed, and the
+    inference statistics (``normalization``) of a network whose record names them (LYWNet's)."""
     from medfuse_cli.fusers.registry import PROVENANCE_FIELDS
     from medfuse_cli.weights import bundled_path
 
+    bundled = bundled_path(record)
     return {
         "name": record.name,
         "file": record.filename,
         "for": record.applies_to or "any pair",
-        "bundled": bundled_path(record).is_file(),
+        "bundled": bundled.is_file() and hashlib.sha256(bundled.read_bytes()).hexdigest() == record.sha256,
         "hub": f"{record.hub_repo}@{record.hub_revision}",
         "sha256": record.sha256,
         **{key: _typed(key, record.meta[key]) for key in PROVENANCE_FIELDS if key != "test_metrics"},
