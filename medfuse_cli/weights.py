@@ -64,6 +64,8 @@ _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x0
 _SAFETENSORS_HEADER_START = b"{"  # after the 8-byte header length, the JSON header begins
 # Header key of the digest of the tensors a checkpoint was written with (``tensor_digest``).
 TENSOR_DIGEST_KEY = "tensors_sha256"
+# The values of HF_HUB_OFFLINE that mean "offline", as huggingface_hub reads them (upper-cased).
+_HUB_OFFLINE_VALUES = ("1", "ON", "YES", "TRUE")
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -246,12 +248,7 @@ def resolve_checkpoint(record: Checkpoint) -> LoadedCheckpoint:
             return read_checkpoint(bundled, record.sha256)  # hashed once, as it is read
         except CheckpointError as exc:
             bundled_problem = str(exc)
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() not in (
-        "1",
-        "ON",
-        "YES",
-        "TRUE",
-    ):  # as huggingface_hub reads it
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() not in _HUB_OFFLINE_VALUES:
         downloaded = _download_from_hub(record)
         if downloaded is not None:
             return read_checkpoint(downloaded, record.sha256)
