@@ -1,8 +1,9 @@
 """The ``medfuse`` Typer app, and ``main``, which runs it for the console script (``entry.main``).
 
 Subcommands parse arguments, call the core and print; every user-facing problem is raised as
-``MedfuseError`` and printed here as one line on stderr with exit status 1 (usage errors are
-Typer's, exit status 2). No traceback reaches the user for bad input. A reader that closes our
+``MedfuseError`` and printed here as one line on stderr with exit status 1, as are usage errors
+(Click's, which would otherwise print a usage block with status 2). No traceback reaches the user
+for bad input. A reader that closes our
 standard output early (``| head``) ends the run quietly with status 141; an interrupt is left
 to ``entry.main``.
 """
