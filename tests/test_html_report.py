@@ -241,7 +241,10 @@ def test_a_failed_report_leaves_nothing(run_cli, tmp_path: Path) -> None:
         (("--report", "{tmp}/r", "--out", "{tmp}/r"), "error: --out and --report name one folder"),
         (("--report", "{tmp}/file.txt"), "error: --report must be a folder"),
         (("--overwrite",), "error: --overwrite replaces files that --out or --report write"),
-        (("--report", "{tmp}/r", "--gallery-pairs", ""), "error: --gallery-pairs: an empty name"),
+        (
+            ("--report", "{tmp}/r", "--gallery-pairs", ""),
+            "error: empty argument (word 10 after medfuse, after '--gallery-pairs')",
+        ),
         (("--report", "{tmp}/r", "--gallery-pairs", ","), "error: --gallery-pairs: an empty name"),
         (("--report", "{tmp}/r", "--gallery-pairs", "2004,"), "error: --gallery-pairs: an empty name"),
         (("--report", "{tmp}/r", "--out", "{tmp}/r/tables"), "error: --out lies inside the --report folder"),
