@@ -710,14 +710,23 @@ class Fusion:
         Returns, per pair, its fused Y (float32 (H, W) in [0, 1]) or the ``MedfuseError`` that
         stopped its batch (e.g. a size below the fuser's minimum): one pair's failure never
         takes the others down.
+
+        Raises:
+            CheckpointError: the weights for a kind cannot be found, verified or loaded (the
+                whole run's problem, so it is raised once rather than returned per pair).
+            InputError, MedfuseError: the ONNX export fails, or the onnx extra is missing.
         """
         results: list[np.ndarray | MedfuseError | None] = [None] * len(pairs)
         groups: dict[tuple, list[int]] = {}
         for index, pair in enumerate(pairs):
             groups.setdefault((pair.anatomical_y.shape, pair.kind), []).append(index)
         for (_, kind), indices in groups.items():
+            # Weights that cannot be read, or an export that fails, stop the run with one error
+            # rather than failing every pair of the kind with the same line.
             if self.backend == ONNXRUNTIME:
-                self.session_for(kind)  # a failed export stops the run (one error), not each pair
+                self.session_for(kind)
+            else:
+                self.module_for(kind)
             try:
                 fused = self.fuse_y(
                     np.stack([pairs[i].anatomical_y for i in indices]),

@@ -182,6 +182,7 @@ def test_default_line_up_scores_classical_rules_and_skips_networks_without_weigh
     doc = _json(result)
     assert {"average", "maximum", "laplacian"} <= set(doc["methods"])
     assert "lwnet" not in doc["methods"]
+    assert doc["skipped"]["lwnet"].startswith("checkpoint")
     assert "skipped lwnet on CT-MRI: checkpoint" in result.stderr
 
 

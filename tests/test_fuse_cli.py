@@ -101,6 +101,40 @@ def test_folder_run_skips_a_bad_pair_and_fails(run_cli, examples: Path, tmp_path
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["10018.png"]
 
 
+def test_quiet_folder_run_still_names_the_pair_that_failed(run_cli, examples: Path, tmp_path: Path) -> None:
+    """--quiet drops progress and the summary; an exit status 1 with nothing said would be a
+    failure the user cannot act on."""
+    mri_dir, spect_dir = tmp_path / "MRI", tmp_path / "SPECT"
+    mri_dir.mkdir()
+    spect_dir.mkdir()
+    mri, spect = pair_paths(examples)
+    (mri_dir / mri.name).write_bytes(mri.read_bytes())
+    (spect_dir / spect.name).write_bytes(b"garbage")
+    result = run_cli("fuse", mri_dir, spect_dir, "-o", tmp_path / "out", "-m", "average", "-q")
+    assert result.code == 1
+    assert result.stderr.startswith("failed 10018: ") and result.stderr.count("\n") == 1
+
+
+def test_a_damaged_checkpoint_fails_a_folder_run_once(
+    run_cli, examples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weights are the run's, not a pair's: one error line, not the same line per pair."""
+    from medfuse_cli import weights
+
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    damaged = bytearray((weights.BUNDLED_DIR / "lwnet-functional.safetensors").read_bytes())
+    damaged[-8] ^= 0xFF
+    (bundled / "lwnet-functional.safetensors").write_bytes(bytes(damaged))
+    monkeypatch.setattr(weights, "BUNDLED_DIR", bundled)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folders = examples / "SPECT-MRI"
+    result = run_cli("fuse", folders / "MRI", folders / "SPECT", "-o", tmp_path / "out", "-m", "lwnet")
+    assert result.code == 1
+    assert result.stderr.startswith("error: the bundled file cannot be used (checksum mismatch")
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
 def test_stdout_output_for_pipelines(examples: Path) -> None:
     mri, ct = pair_paths(examples, "CT-MRI", "CT", "2004")
     done = subprocess.run(

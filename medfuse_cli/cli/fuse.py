@@ -342,7 +342,7 @@ def _fuse_folders(
 
             def report(outcome: PairOutcome) -> None:
                 progress.advance(task)
-                if outcome.error and not quiet:
+                if outcome.error:  # --quiet drops progress and the summary, never an error
                     progress.console.print(f"failed {outcome.name}: {outcome.error}", markup=False)
 
             return fuse_folders(

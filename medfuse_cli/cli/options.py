@@ -66,7 +66,9 @@ NUM_PARTS = typer.Option(
 PART_ID: int | None = typer.Option(
     None, "--part-id", min=0, help="Which part (0..N-1) of --num-parts this run fuses; required with it."
 )
-QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line.")
+QUIET = typer.Option(
+    False, "--quiet", "-q", help="No progress bar or summary line (errors are still printed)."
+)
 JSON = typer.Option(False, "--json", help="Print a machine-readable JSON summary on stdout.")
 
 

@@ -63,7 +63,10 @@ def result_json(result: PairSetResult) -> dict:
         over (``summary.csv``'s ``n``, the page's ``n = k of N``). A network fused here also has
         ``"checkpoints": {name: sha256}``: what its pairs were fused with (a checkpoint name or
         ``--weights PATH``) and the sha256 of that file, so a result names the exact weights.
+        Methods that were not named with ``-m`` and could not run (e.g. a damaged checkpoint)
+        are under ``"skipped": {label: reason}``, present only when there is one.
     """
+    skipped = {"skipped": dict(result.skipped)} if result.skipped else {}
     return {
         "metrics": list(result.metrics),
         "methods": {
@@ -80,7 +83,7 @@ def result_json(result: PairSetResult) -> dict:
             | ({"checkpoints": result.checkpoints[label]} if result.checkpoints.get(label) else {})
             for label, scores in result.methods.items()
         },
-    }
+    } | skipped
 
 
 def results_json(results: list[PairSetResult], parent: bool) -> dict:
