@@ -6,6 +6,7 @@ tested without waiting for, or depending on, the real clock.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from safetensors import safe_open
 
 from medfuse_cli.errors import InputError
-from medfuse_cli.training.config import SPIConfig, config_from_json
+from medfuse_cli.training.config import LYWNetConfig, SPIConfig, config_from_json
 from medfuse_cli.training.events import EpochFinished, EpochStarted, Event, Message, StepDone
 from medfuse_cli.training.lywnet_trainer import WEIGHTS_FILE as LYWNET_WEIGHTS
 from medfuse_cli.training.recipes import RECIPES
@@ -47,10 +48,13 @@ class EpochClock:
             self.now += 60.0
 
 
-def _toy_run(out: Path, clock: EpochClock, **settings: object) -> Path:
-    """Train a one-weight model for TOY_CONFIG.epochs epochs of two steps each."""
+def _toy_run(out: Path, clock: EpochClock, config: LYWNetConfig = TOY_CONFIG, **settings: object) -> Path:
+    """Train a one-weight model for TOY_CONFIG.epochs epochs of two steps each; a ``config``
+    with ``init`` records that file's sha256, as the LYWNet trainer does."""
     options = {"data": ("toy-data",), "command": "toy", "clock": clock, **settings}
-    with Run(RunSettings(out=out, **options), TOY_FILES, TOY_CONFIG, clock.listen) as run:
+    with Run(RunSettings(out=out, **options), TOY_FILES, config, clock.listen) as run:
+        if config.init and not run.resumed:
+            run.progress["init_sha256"] = hashlib.sha256(Path(config.init).read_bytes()).hexdigest()
         torch.manual_seed(0)
         model = torch.nn.Linear(1, 1)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -138,6 +142,28 @@ def test_resume_refuses_options_that_contradict_the_run(tmp_path: Path) -> None:
         Run(settings, TOY_FILES, replace(TOY_CONFIG, learning_rate=0.5))
     with Run(settings, TOY_FILES, replace(TOY_CONFIG, epochs=9)) as run:  # LYWNet's epochs may change
         assert run.progress["epochs_done"] == 1
+
+
+def test_resume_names_conflicts_as_they_are_typed(tmp_path: Path) -> None:
+    _toy_run(tmp_path / "run", EpochClock(), max_minutes=1.0)
+    settings = RunSettings(out=tmp_path / "run", resume=True, clock=EpochClock())
+    with pytest.raises(InputError, match=r"--monitor a, b \(the run's: none\)"):
+        Run(settings, TOY_FILES, replace(TOY_CONFIG, monitor=("a", "b")))
+
+
+def test_resume_compares_init_by_its_file_not_its_path_text(tmp_path: Path, monkeypatch) -> None:
+    start, other = tmp_path / "start.safetensors", tmp_path / "other.safetensors"
+    start.write_bytes(b"the weights the run started from")
+    other.write_bytes(b"other weights")
+    config = replace(TOY_CONFIG, init=str(start))
+    _toy_run(tmp_path / "run", EpochClock(), config, max_minutes=1.0)
+    settings = RunSettings(out=tmp_path / "run", resume=True, clock=EpochClock())
+    monkeypatch.chdir(tmp_path)
+    with Run(settings, TOY_FILES, replace(config, init="./start.safetensors")) as run:
+        assert run.progress["epochs_done"] == 1
+    for given in (str(other), "missing.safetensors"):
+        with pytest.raises(InputError, match=rf"--init {given} \(the run's: {start}\)"):
+            Run(settings, TOY_FILES, replace(config, init=given))
 
 
 # --- recipes ------------------------------------------------------------------------------

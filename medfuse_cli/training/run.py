@@ -26,6 +26,7 @@ A trainer supplies the model, the optimizer, one epoch's work and its own metada
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -192,18 +193,19 @@ class Run:
                 f"{self.out} was started from recipe {stored.recipe or '(none)'}, not {settings.recipe}"
             )
         own = config_from_json(type(config), stored.config, str(self.out / self.files.weights))
+        state = load_training_state(state_path)
         changeable = type(config).CHANGEABLE_ON_RESUME
         conflicts = [
             f"{option_flag(f.name)} {_shown(getattr(config, f.name))} (the run's: {_shown(getattr(own, f.name))})"
             for f in fields(config)
-            if f.name not in changeable and getattr(config, f.name) != getattr(own, f.name)
+            if f.name not in changeable
+            and _differs(f.name, getattr(config, f.name), getattr(own, f.name), state.progress)
         ]
         if conflicts:
             may = f"; only {', '.join(map(option_flag, changeable))} may change" if changeable else ""
             raise InputError(
                 f"resuming {self.out} with other options: {'; '.join(conflicts)} (a resumed run keeps its own{may})"
             )
-        state = load_training_state(state_path)
         self.emit(
             Message(
                 f"resuming {self.out} after epoch {state.progress['epochs_done']} "
@@ -380,6 +382,25 @@ class Run:
         return spent < budget and spent + last <= budget
 
 
+def _differs(name: str, given: object, own: object, progress: Mapping[str, object]) -> bool:
+    """Whether a setting given on resume differs from the run's. ``--init`` names a file, which
+    is the same under another path text (another working folder, ``./``): it is compared by the
+    sha256 the run recorded when it read it."""
+    if name == "init" and given and own and given != own:
+        path = Path(str(given))
+        return not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != progress.get(
+            "init_sha256"
+        )
+    return given != own
+
+
 def _shown(value: object) -> str:
-    """A setting as a resume conflict names it: an unset one (``""`` or None) as ``none``."""
-    return "none" if value in ("", None) else repr(value)
+    """A setting as a resume conflict names it, as it would be typed: an unset one (``""``,
+    None, no items) as ``none``, items joined by commas, named folders as ``NAME=DIR``."""
+    if value in ("", None) or (isinstance(value, tuple | list | dict) and not value):
+        return "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{name}={folder}" for name, folder in value.items())
+    if isinstance(value, tuple | list):
+        return ", ".join(map(str, value))
+    return str(value)
