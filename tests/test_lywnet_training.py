@@ -31,7 +31,7 @@ from medfuse_cli.training.lywnet_trainer import (
 )
 from medfuse_cli.training.recipes import RECIPES
 from medfuse_cli.training.run import RunSettings
-from medfuse_cli.weights import read_checkpoint, write_checkpoint
+from medfuse_cli.weights import BUNDLED_DIR, read_checkpoint, write_checkpoint
 
 CONFIG = replace(RECIPES["lywnet-authors"].config, batch_size=3, size=8, seed=7)
 
@@ -300,6 +300,27 @@ def test_medfuse_train_lywnet_command(tiny_data: Path, tmp_path: Path, run_cli) 
     assert result.code == 0, result.stderr
     assert result.stdout == ""
     assert read_checkpoint(tmp_path / "cli" / WEIGHTS_FILE).metadata["command"].startswith("medfuse train")
+
+
+def test_resume_from_another_folder_refuses_an_init_that_is_another_file(
+    tiny_data: Path, tmp_path: Path, run_cli, monkeypatch
+) -> None:
+    """The same relative --init text in another working folder names another file."""
+    options = ["--model", "lywnet", "--threads", "1", "-q", "--init", "start.safetensors"]
+    for folder, source in (("a", BUNDLED_DIR / "lywnet-harvard.safetensors"), ("b", None)):
+        (tmp_path / folder).mkdir()
+        if source is not None:
+            (tmp_path / folder / "start.safetensors").write_bytes(source.read_bytes())
+    monkeypatch.chdir(tmp_path / "a")
+    assert run_cli("train", tiny_data, "-o", tmp_path / "run", "--epochs", "1", *options).code == 0
+    (tmp_path / "b" / "start.safetensors").write_bytes((tmp_path / "run" / WEIGHTS_FILE).read_bytes())
+    monkeypatch.chdir(tmp_path / "b")
+    refused = run_cli("train", "-o", tmp_path / "run", "--resume", "--epochs", "2", *options)
+    assert refused.code == 1
+    assert f"--init {tmp_path / 'b' / 'start.safetensors'} (the run's: {tmp_path / 'a'}" in refused.stderr
+    monkeypatch.chdir(tmp_path / "a")
+    resumed = run_cli("train", "-o", tmp_path / "run", "--resume", "--epochs", "2", *options)
+    assert resumed.code == 0, resumed.stderr
 
 
 def test_finalize_adds_test_metrics_and_keeps_the_tensors(tiny_data: Path, tmp_path: Path) -> None:

@@ -259,7 +259,8 @@ def train(
         ("train_norm", train_norm, _LYWNET),
         ("size", crop_size, _LYWNET),
         ("crop_scale", crop_scale, _LYWNET),
-        ("init", str(init) if init else None, _LYWNET),
+        # absolute: a resume from another folder names the same file only if it is the same file
+        ("init", str(init.absolute()) if init else None, _LYWNET),
     ]
     # Imported here, not at the top: the trainers pull in torch, which `--help` need not pay for.
     from medfuse_cli.training.run import RunSettings

@@ -383,9 +383,9 @@ class Run:
 
 
 def _differs(name: str, given: object, own: object, progress: Mapping[str, object]) -> bool:
-    """Whether a setting given on resume differs from the run's. ``--init`` names a file, which
-    is the same under another path text (another working folder, ``./``): it is compared by the
-    sha256 the run recorded when it read it."""
+    """Whether a setting given on resume differs from the run's. ``--init`` names a file (the
+    command line makes it absolute), which another path text may name too (a copy, a link): a
+    different text is compared by the sha256 the run recorded when it read the file."""
     if name == "init" and given and own and given != own:
         path = Path(str(given))
         return not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != progress.get(
