@@ -42,12 +42,15 @@ class LoadedCheckpoint:
         source: the file it came from, for messages.
         sha256: the hex sha256 of the bytes the tensors were read from (None when built in
             memory), so a result can name the exact file even if the path changes later.
+        tensors_verified: whether the header recorded a ``tensors_sha256`` (then checked); a
+            file without one was read as it is.
     """
 
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str]
     source: str
     sha256: str | None = None
+    tensors_verified: bool = False
 
 
 def _bundled_dir() -> Path:
@@ -159,7 +162,13 @@ def read_safetensors(path: Path, sha256: str | None = None) -> LoadedCheckpoint:
             f"{path}: its tensor data do not match the {TENSOR_DIGEST_KEY} its header records: the file "
             "is damaged, or a program changed its tensors and kept medfuse's header"
         )
-    return LoadedCheckpoint(tensors=tensors, metadata=metadata, source=str(path), sha256=digest)
+    return LoadedCheckpoint(
+        tensors=tensors,
+        metadata=metadata,
+        source=str(path),
+        sha256=digest,
+        tensors_verified=recorded is not None,
+    )
 
 
 def _header_metadata(data: bytes) -> dict[str, str]:

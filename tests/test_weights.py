@@ -292,3 +292,23 @@ def test_a_loaded_checkpoint_carries_the_sha256_of_the_bytes_it_was_read_from(tm
     loaded = read_checkpoint(path)
     assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert loaded.metadata == {"format": "test"} and torch.equal(loaded.tensors["x"], torch.arange(4.0))
+
+
+def test_a_damaged_copy_of_a_shipped_lwnet_file_is_refused_by_its_header(
+    run_cli, examples: Path, tmp_path: Path
+) -> None:
+    """The shipped LWNet files record no tensor digest; their header says which pinned sha256
+    a copy must have."""
+    from medfuse_cli.weights import BUNDLED_DIR
+
+    data = bytearray((BUNDLED_DIR / "lwnet-functional.safetensors").read_bytes())
+    data[-8] ^= 0x01  # one bit of the last tensor
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(bytes(data))
+    mri, spect = (examples / "SPECT-MRI" / modality / "10018.png" for modality in ("MRI", "SPECT"))
+    result = run_cli("fuse", mri, spect, "-o", tmp_path / "f.png", "-m", "lwnet", "--weights", copy)
+    assert result.code == 1 and not (tmp_path / "f.png").exists()
+    assert result.stderr.startswith(f"error: {copy} has the header of the shipped lwnet.functional but not")
+    whole = tmp_path / "whole.safetensors"
+    whole.write_bytes((BUNDLED_DIR / "lwnet-functional.safetensors").read_bytes())
+    assert run_cli("fuse", mri, spect, "-o", tmp_path / "f.png", "-m", "lwnet", "--weights", whole).code == 0

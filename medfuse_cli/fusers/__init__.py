@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medfuse_cli.errors import InputError
+from medfuse_cli.errors import CheckpointError, InputError
 from medfuse_cli.fusers import classical, lwnet, lywnet  # noqa: F401  (they register themselves)
 from medfuse_cli.fusers.registry import Checkpoint, FuserSpec, get_fuser_spec, registered_fusers
 from medfuse_cli.weights import LoadedCheckpoint, read_checkpoint, resolve_checkpoint
@@ -85,14 +85,38 @@ def load_weights(
 
     Raises:
         InputError: weights or a checkpoint named for a classical rule, or both given.
-        CheckpointError: as ``read_checkpoint`` and ``resolve_checkpoint``.
+        CheckpointError: as ``read_checkpoint`` and ``resolve_checkpoint``; or a ``weights``
+            file with a shipped checkpoint's header but other bytes (``_check_shipped_header``).
     """
     checkpoint = check_weights_choice(spec, checkpoint, weights)
     if not spec.needs_weights:
         return None
     if weights is not None:
-        return read_checkpoint(Path(weights))
+        return _check_shipped_header(spec, read_checkpoint(Path(weights)))
     return resolve_checkpoint(spec.checkpoint(checkpoint) if checkpoint else spec.checkpoints[0])
+
+
+def _check_shipped_header(spec: FuserSpec, loaded: LoadedCheckpoint) -> LoadedCheckpoint:
+    """Refuse a file that claims to be a shipped checkpoint and is not.
+
+    A file whose header records no tensor digest (the shipped LWNet files predate it) cannot be
+    checked against itself; if its provenance header is a shipped checkpoint's, the file is a
+    copy of that checkpoint, and the pinned sha256 says whether the copy is whole.
+
+    Raises:
+        CheckpointError: the header is a shipped checkpoint's and the bytes are not its bytes.
+    """
+    if loaded.tensors_verified:
+        return loaded
+    for record in spec.checkpoints:
+        claims = bool(record.meta) and all(loaded.metadata.get(k) == v for k, v in record.meta.items())
+        if claims and loaded.sha256 != record.sha256:
+            raise CheckpointError(
+                f"{loaded.source} has the header of the shipped {record.name} but not its sha256 "
+                f"({loaded.sha256[:12]}…, the shipped file's {record.sha256[:12]}…): the copy is damaged "
+                f"or was changed; use --checkpoint {record.tag} for the verified file"
+            )
+    return loaded
 
 
 __all__ = [
