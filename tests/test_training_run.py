@@ -95,7 +95,9 @@ def test_a_budget_too_small_for_any_epoch_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("budget", [-1.0, float("nan"), float("inf")])
 def test_a_budget_that_is_not_a_number_of_minutes_is_refused_up_front(tmp_path: Path, budget: float) -> None:
     clock = EpochClock()
-    with pytest.raises(InputError, match="--max-minutes must be a number of at least 0"):
+    with pytest.raises(
+        InputError, match=r"--max-minutes must be a finite number of at least 0 \(leave it out for no limit\)"
+    ):
         _toy_run(tmp_path / "run", clock, max_minutes=budget)
     assert not clock.events
 

@@ -126,7 +126,7 @@ class Run:
     Raises:
         InputError: a new run in a folder that holds one (or is a file), no data for a new run,
             ``resume`` without a saved state, data, recipe or config values that contradict
-            the run being resumed, or a negative ``max_minutes``.
+            the run being resumed, or a ``max_minutes`` that is negative or not finite.
         DeviceError: ``settings.device`` is CUDA on a machine without it (an unknown device
             name is an InputError).
         CheckpointError: the run's files cannot be read back.
@@ -138,7 +138,9 @@ class Run:
         if settings.max_minutes is not None and not (
             math.isfinite(settings.max_minutes) and settings.max_minutes >= 0
         ):
-            raise InputError("--max-minutes must be a number of at least 0")
+            raise InputError(
+                "--max-minutes must be a finite number of at least 0 (leave it out for no limit)"
+            )
         self.out = Path(settings.out)
         self.files = files
         self.device = distributed.process_device(settings.device)
