@@ -52,7 +52,9 @@ def list_images(folder: Path) -> list[Path]:
     Args:
         folder: A folder. Sub-folders, hidden files (``.name``: system files, other runs'
             temporary files) and files whose suffix is not one of ``IMAGE_SUFFIXES`` (compared
-            case-insensitively) are ignored.
+            case-insensitively) are ignored. An entry with an image suffix that is not a
+            regular file (a broken symlink, a pipe) is listed, so reading it fails with its
+            reason instead of the image being left out without a word.
 
     Returns:
         The image paths, sorted by name.
@@ -66,7 +68,7 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(
         p
         for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        if not p.is_dir() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     )
 
 

@@ -227,3 +227,14 @@ def test_training_refuses_a_pair_of_two_sizes_and_gives_both(tmp_path: Path) -> 
         MedfuseError, match=r"training pair a: .*MRI/a.png is 8x8 but .*CT/a.png is 12x12 pixels"
     ):
         load_pairs([folder])
+
+
+def test_a_broken_link_among_the_images_is_a_failed_pair_not_a_missing_one(run_cli, tmp_path: Path) -> None:
+    """An image name that cannot be read is reported; leaving it out would shrink the run silently."""
+    root = _pair_set(tmp_path / "set", names=("a",))
+    for modality in ("MRI", "CT"):
+        (root / modality / "b.png").symlink_to(tmp_path / "nowhere.png")
+    result = run_cli("fuse", root / "MRI", root / "CT", "-o", tmp_path / "out", "-m", "average", "-q")
+    assert result.code == 1
+    assert result.stderr == f"failed b: file not found: {root / 'MRI' / 'b.png'}\n"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]
