@@ -323,6 +323,19 @@ def test_resume_from_another_folder_refuses_an_init_that_is_another_file(
     assert resumed.code == 0, resumed.stderr
 
 
+def test_resume_from_another_folder_says_where_relative_data_is(
+    tiny_data: Path, tmp_path: Path, run_cli, monkeypatch
+) -> None:
+    monkeypatch.chdir(tiny_data.parent)
+    options = ["--model", "lywnet", "--threads", "1", "-q", "-o", tmp_path / "run"]
+    assert run_cli("train", tiny_data.name, "--epochs", "1", *options).code == 0
+    monkeypatch.chdir(tmp_path / "run")
+    result = run_cli("train", "--resume", "--epochs", "2", *options)
+    assert result.code == 1
+    assert result.stderr.startswith(f"error: {tmp_path / 'run'} trains on {tiny_data.name}, not found from ")
+    assert "resume from the folder the run was started in" in result.stderr
+
+
 def test_finalize_adds_test_metrics_and_keeps_the_tensors(tiny_data: Path, tmp_path: Path) -> None:
     run = _train(tiny_data, tmp_path / "run", 1)
     metrics = {"CT-MRI": {"n": 4, "mean": {"SSIM": 0.5}}}

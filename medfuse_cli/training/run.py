@@ -260,7 +260,18 @@ class Run:
 
     @property
     def data(self) -> list[Path]:
-        """The run's training pair folders."""
+        """The run's training pair folders, as they were typed when it started.
+
+        Raises:
+            InputError: a resumed run's folder is not found from here (a relative path resumed
+                from another working folder).
+        """
+        missing = [folder for folder in self.provenance.data if not Path(folder).is_dir()]
+        if self.resumed and missing:
+            raise InputError(
+                f"{self.out} trains on {', '.join(missing)}, not found from {Path.cwd()}: resume from "
+                "the folder the run was started in (its data folders are kept as they were typed)"
+            )
         return [Path(folder) for folder in self.provenance.data]
 
     def message(self, text: str) -> None:
