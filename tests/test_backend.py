@@ -220,7 +220,7 @@ def test_an_unwritable_cache_serves_the_run_with_a_notice(
 def test_weights_files_are_keyed_by_their_sha256(cli, examples, tmp_path, monkeypatch) -> None:
     """``--weights`` with a copy of ``lwnet.ct`` is that checkpoint's cached export (same sha256);
     a file that differs in one byte is another export."""
-    from medfuse_cli.weights import BUNDLED_DIR
+    from medfuse_cli.weights import BUNDLED_DIR, read_checkpoint, write_checkpoint
 
     copy = tmp_path / "mine.safetensors"
     shutil.copy(BUNDLED_DIR / "lwnet-ct.safetensors", copy)
@@ -237,9 +237,11 @@ def test_weights_files_are_keyed_by_their_sha256(cli, examples, tmp_path, monkey
     assert used["checkpoint_sha256"] == hashlib.sha256(copy.read_bytes()).hexdigest()
     assert outputs["--checkpoint"].read_bytes() == outputs["--weights"].read_bytes()
 
-    data = bytearray(copy.read_bytes())
-    data[-1] ^= 0x01  # the last byte of the last tensor: still a valid checkpoint, other weights
-    copy.write_bytes(bytes(data))
+    # other weights in a valid checkpoint (a damaged copy with lwnet.ct's header would be refused)
+    loaded = read_checkpoint(copy)
+    last = sorted(loaded.tensors)[-1]
+    loaded.tensors[last] = loaded.tensors[last] * 1.001
+    write_checkpoint(copy, loaded.tensors, loaded.metadata | {"command": "a fine-tune of lwnet.ct"})
     exported = []
 
     def seen(network, spec, record, *args, **kwargs):

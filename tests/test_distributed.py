@@ -356,9 +356,11 @@ def test_spi_in_two_processes_equals_one(two: TwoProcesses, run_cli, tmp_path: P
     assert len(rank0["labels"]) == 1 and rank0["labels"] == rank1["labels"]
 
     digests = _one_process(run_cli, tmp_path, two.commands["spi"], tmp_path / "one")
-    # Adam's own eps: float rounding of the split batches moves the weights by ~3e-8 (weights ~0.1-1)
+    # Float rounding of the split batches, grown by Adam (it divides by small second moments):
+    # ~3e-8 on the machine that wrote this test, up to 4e-4 on a later AMD EPYC (AVX2) one, with
+    # weights of ~0.1-1; the bound is for that noise, while the labels above must be identical.
     _assert_same_weights(
-        two.runs / "spi" / "lwnet.safetensors", tmp_path / "one" / "lwnet.safetensors", 1e-5, 0
+        two.runs / "spi" / "lwnet.safetensors", tmp_path / "one" / "lwnet.safetensors", 2e-3, 0
     )
     labels_two = load_file(two.runs / "spi" / "spi-labels.safetensors")  # scores hold -inf
     labels_one = load_file(tmp_path / "one" / "spi-labels.safetensors")
