@@ -87,6 +87,8 @@ class SPIConfig:
     # Fields a resumed run may change: none, since an SPI run's label updates are tied to its
     # iteration and epoch counts.
     CHANGEABLE_ON_RESUME: ClassVar[tuple[str, ...]] = ()
+    # Fields naming a file, with the progress key of the sha256 the run read it with: none.
+    FILE_DIGESTS: ClassVar[dict[str, str]] = {}
     # Fields added after runs were saved without them, with the value those runs trained with.
     STORED_BEFORE: ClassVar[dict[str, object]] = {"balance_weight": 0.0, "peak_weight": 0.0}
 
@@ -158,6 +160,9 @@ class LYWNetConfig:
 
     # A resumed run may plan more (or fewer) epochs: the documented way to train longer.
     CHANGEABLE_ON_RESUME: ClassVar[tuple[str, ...]] = ("epochs",)
+    # Fields naming a file, with the progress key of the sha256 the run read it with: a resume
+    # compares another path text by that digest (the same file may have another name).
+    FILE_DIGESTS: ClassVar[dict[str, str]] = {"init": "init_sha256"}
     # Fields added after runs were saved without them, with the value those runs trained with.
     STORED_BEFORE: ClassVar[dict[str, object]] = {"train_norm": "batch", "init": "", "crop_scale": "whole"}
 

@@ -197,11 +197,12 @@ class Run:
         own = config_from_json(type(config), stored.config, str(self.out / self.files.weights))
         state = load_training_state(state_path)
         changeable = type(config).CHANGEABLE_ON_RESUME
+        digests = {name: state.progress.get(key) for name, key in type(config).FILE_DIGESTS.items()}
         conflicts = [
             f"{option_flag(f.name)} {_shown(getattr(config, f.name))} (the run's: {_shown(getattr(own, f.name))})"
             for f in fields(config)
             if f.name not in changeable
-            and _differs(f.name, getattr(config, f.name), getattr(own, f.name), state.progress)
+            and _differs(getattr(config, f.name), getattr(own, f.name), digests.get(f.name))
         ]
         if conflicts:
             may = f"; only {', '.join(map(option_flag, changeable))} may change" if changeable else ""
@@ -266,13 +267,14 @@ class Run:
             InputError: a resumed run's folder is not found from here (a relative path resumed
                 from another working folder).
         """
-        missing = [folder for folder in self.provenance.data if not Path(folder).is_dir()]
+        folders = [Path(folder) for folder in self.provenance.data]
+        missing = [str(folder) for folder in folders if not folder.is_dir()]
         if self.resumed and missing:
             raise InputError(
                 f"{self.out} trains on {', '.join(missing)}, not found from {Path.cwd()}: resume from "
                 "the folder the run was started in (its data folders are kept as they were typed)"
             )
-        return [Path(folder) for folder in self.provenance.data]
+        return folders
 
     def message(self, text: str) -> None:
         """Emit one line of narrative."""
@@ -395,15 +397,13 @@ class Run:
         return spent < budget and spent + last <= budget
 
 
-def _differs(name: str, given: object, own: object, progress: Mapping[str, object]) -> bool:
-    """Whether a setting given on resume differs from the run's. ``--init`` names a file (the
-    command line makes it absolute), which another path text may name too (a copy, a link): a
-    different text is compared by the sha256 the run recorded when it read the file."""
-    if name == "init" and given and own and given != own:
+def _differs(given: object, own: object, recorded_sha256: object = None) -> bool:
+    """Whether a setting given on resume differs from the run's. A file setting (the config's
+    ``FILE_DIGESTS``, e.g. ``--init``, made absolute by the command line) may be named by another
+    path text (a copy, a link): a different text is compared by the sha256 the run recorded."""
+    if recorded_sha256 is not None and given and own and given != own:
         path = Path(str(given))
-        return not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != progress.get(
-            "init_sha256"
-        )
+        return not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != recorded_sha256
     return given != own
 
 
