@@ -30,3 +30,9 @@ class DeviceError(MedfuseError, RuntimeError):
 
 class OutputError(MedfuseError, OSError):
     """An output that cannot be written (exists without ``--overwrite``, folder missing, ...)."""
+
+
+def single_line(text: str) -> str:
+    """``text`` with its line breaks written as ``\\n`` and ``\\r``, for a message that must stay
+    one line (``error: …``, ``failed NAME: …``) even when a file name it quotes holds a newline."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")

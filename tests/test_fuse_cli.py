@@ -115,6 +115,25 @@ def test_quiet_folder_run_still_names_the_pair_that_failed(run_cli, examples: Pa
     assert result.stderr.startswith("failed 10018: ") and result.stderr.count("\n") == 1
 
 
+def test_a_newline_in_a_file_name_keeps_each_message_on_one_line(
+    run_cli, examples: Path, tmp_path: Path
+) -> None:
+    """A script reads one ``failed``/``error`` line per problem; a newline in a name must not split one."""
+    mri_dir, spect_dir = tmp_path / "MRI", tmp_path / "SPECT"
+    mri_dir.mkdir()
+    spect_dir.mkdir()
+    mri, _ = pair_paths(examples)
+    (mri_dir / "a\nb.png").write_bytes(mri.read_bytes())
+    (spect_dir / "a\nb.png").write_bytes(b"garbage")
+    result = run_cli("fuse", mri_dir, spect_dir, "-o", tmp_path / "out", "-m", "average", "-q")
+    assert result.code == 1
+    assert result.stderr.startswith("failed a\\nb: ") and result.stderr.count("\n") == 1
+    single = run_cli("fuse", spect_dir / "a\nb.png", mri, "-o", tmp_path / "one.png", "-m", "average")
+    assert single.code == 1
+    assert single.stderr.startswith("error: ") and "a\\nb.png" in single.stderr
+    assert single.stderr.count("\n") == 1
+
+
 def test_a_damaged_checkpoint_fails_a_folder_run_once(
     run_cli, examples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -151,6 +151,8 @@ def test_resume_names_conflicts_as_they_are_typed(tmp_path: Path) -> None:
     settings = RunSettings(out=tmp_path / "run", resume=True, clock=EpochClock())
     with pytest.raises(InputError, match=r"--monitor a, b \(the run's: none\)"):
         Run(settings, TOY_FILES, replace(TOY_CONFIG, monitor=("a", "b")))
+    with pytest.raises(InputError, match=r"--lr 1e-6 \(the run's: 0\.0001\)"):
+        Run(settings, TOY_FILES, replace(TOY_CONFIG, learning_rate=1e-6))
 
 
 def test_resume_compares_init_by_its_file_not_its_path_text(tmp_path: Path, monkeypatch) -> None:

@@ -27,7 +27,7 @@ except ImportError:  # older Typer runs on click itself
 
 from medfuse_cli import __version__
 from medfuse_cli.cli import benchmark, evaluate, export, fuse, models, train
-from medfuse_cli.errors import InputError, MedfuseError
+from medfuse_cli.errors import InputError, MedfuseError, single_line
 from medfuse_cli.io import write_stdout
 
 # 128 + SIGPIPE: the status a shell reports for a writer whose reader went away (`| head`).
@@ -105,6 +105,13 @@ def _root(
     """medfuse: multimodal medical image fusion."""
 
 
+class _OneLineNotice(logging.Formatter):
+    """A notice on one line, whatever file name it quotes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return single_line(super().format(record))
+
+
 def _show_notices() -> None:
     """Library notices (logger ``medfuse_cli``, e.g. an unreachable Hub) as ``notice: …`` lines on
     stderr; a Python user of medfuse configures logging as they like instead."""
@@ -112,7 +119,7 @@ def _show_notices() -> None:
     for old in [h for h in logger.handlers if getattr(h, "medfuse_notices", False)]:
         logger.removeHandler(old)  # main() ran before in this process: one line per notice, on today's stderr
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("notice: %(message)s"))
+    handler.setFormatter(_OneLineNotice("notice: %(message)s"))
     handler.medfuse_notices = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -142,14 +149,14 @@ def main() -> None:
     except BrokenPipeError:
         sys.exit(BROKEN_PIPE_STATUS)
     except MedfuseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {single_line(str(exc))}", file=sys.stderr)
         sys.exit(1)
     except click_exceptions.UsageError as exc:
-        print(f"error: {_usage_message(exc)}", file=sys.stderr)
+        print(f"error: {single_line(_usage_message(exc))}", file=sys.stderr)
         sys.exit(1)
     except OSError as exc:  # a file-system failure no command turned into its own message
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"error: {single_line(f'{exc.strerror or exc}{where}')}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from medfuse_cli.cli import options
-from medfuse_cli.errors import InputError
+from medfuse_cli.errors import InputError, single_line
 from medfuse_cli.output_folders import create_folder, prepare_output_folder, remove_if_empty
 
 if TYPE_CHECKING:
@@ -141,7 +141,9 @@ def evaluate(
 
                 def skipped(label: str, reason: str) -> None:
                     if as_json and not quiet:  # otherwise the tables say so
-                        progress.console.print(f"skipped {label}: {reason}", markup=False, soft_wrap=True)
+                        progress.console.print(
+                            single_line(f"skipped {label}: {reason}"), markup=False, soft_wrap=True
+                        )
 
                 results = scoring.evaluate(
                     pair_sets,
@@ -172,7 +174,9 @@ def evaluate(
                 for result in results:
                     console.print(_table(result))
                     for label, reason in result.skipped.items():
-                        console.print(Text(f"skipped {label}: {reason}", style="dim"), soft_wrap=True)
+                        console.print(
+                            Text(single_line(f"skipped {label}: {reason}"), style="dim"), soft_wrap=True
+                        )
             if out is not None:
                 written = reports.write_reports(results, parent, out, files)
                 if plot:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from medfuse_cli.cli import options
-from medfuse_cli.errors import InputError, OutputError
+from medfuse_cli.errors import InputError, OutputError, single_line
 from medfuse_cli.io import write_stdout
 from medfuse_cli.output_folders import create_folder, prepare_output_folder, remove_if_empty
 
@@ -343,7 +343,9 @@ def _fuse_folders(
             def report(outcome: PairOutcome) -> None:
                 progress.advance(task)
                 if outcome.error:  # --quiet drops progress and the summary, never an error
-                    progress.console.print(f"failed {outcome.name}: {outcome.error}", markup=False)
+                    progress.console.print(
+                        single_line(f"failed {outcome.name}: {outcome.error}"), markup=False
+                    )
 
             return fuse_folders(
                 fusion, jobs, batch_size=batch_size, on_done=report, existing=existing, **reading

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
@@ -409,11 +410,14 @@ def _differs(given: object, own: object, recorded_sha256: object = None) -> bool
 
 def _shown(value: object) -> str:
     """A setting as a resume conflict names it, as it would be typed: an unset one (``""``,
-    None, no items) as ``none``, items joined by commas, named folders as ``NAME=DIR``."""
+    None, no items) as ``none``, items joined by commas, named folders as ``NAME=DIR``, a
+    number in its shortest form (``1e-6``, ``0.0005``)."""
     if value in ("", None) or (isinstance(value, tuple | list | dict) and not value):
         return "none"
     if isinstance(value, dict):
         return ", ".join(f"{name}={folder}" for name, folder in value.items())
     if isinstance(value, tuple | list):
         return ", ".join(map(str, value))
+    if isinstance(value, float):  # 1e-06 as typed: 1e-6
+        return re.sub(r"e([-+])0*(\d)", lambda m: f"e{m[1].replace('+', '')}{m[2]}", repr(value))
     return str(value)
