@@ -884,6 +884,9 @@ def fuse_folders(
     Raises:
         InputError: an unknown ``existing``, or ``image_options`` that fit no pair
             (``check_image_options``).
+        CheckpointError, MedfuseError: weights or an ONNX export that a kind of pair needs cannot
+            be used (``Fusion.fuse_pairs``): the run stops, after ``on_done`` has been called
+            for every pair decided before (those written stay written).
     """
     check_image_options(image_options)
     if existing not in EXISTING_OUTPUTS:
@@ -902,22 +905,31 @@ def fuse_folders(
             remaining.append(job)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         writes: list[Future[PairOutcome]] = []
-        for batch in _loaded_batches(
-            pool, remaining, batch_size, lambda job: _try_load(job, resize, chroma, max_pixels, image_options)
-        ):
-            good = [(job, pair) for job, pair in batch if isinstance(pair, Pair)]
-            for job, failure in batch:
-                if isinstance(failure, MedfuseError):
-                    report(PairOutcome(job.name, job.output, str(failure)))
-            for (job, pair), plane in zip(good, fusion.fuse_pairs([pair for _, pair in good]), strict=True):
-                if isinstance(plane, MedfuseError):
-                    report(replace(PairOutcome.fused(job.name, job.output, pair, fusion), error=str(plane)))
-                else:
-                    blank = notice_if_blank(pair, plane, fusion)
-                    done = PairOutcome.fused(job.name, job.output, pair, fusion, blank)
-                    writes.append(pool.submit(write_outcome, done, pair, plane, existing))
-            writes = _collect_finished(writes, report, wait=False)
-        _collect_finished(writes, report, wait=True)
+        try:
+            for batch in _loaded_batches(
+                pool,
+                remaining,
+                batch_size,
+                lambda job: _try_load(job, resize, chroma, max_pixels, image_options),
+            ):
+                good = [(job, pair) for job, pair in batch if isinstance(pair, Pair)]
+                for job, failure in batch:
+                    if isinstance(failure, MedfuseError):
+                        report(PairOutcome(job.name, job.output, str(failure)))
+                for (job, pair), plane in zip(
+                    good, fusion.fuse_pairs([pair for _, pair in good]), strict=True
+                ):
+                    if isinstance(plane, MedfuseError):
+                        report(
+                            replace(PairOutcome.fused(job.name, job.output, pair, fusion), error=str(plane))
+                        )
+                    else:
+                        blank = notice_if_blank(pair, plane, fusion)
+                        done = PairOutcome.fused(job.name, job.output, pair, fusion, blank)
+                        writes.append(pool.submit(write_outcome, done, pair, plane, existing))
+                writes = _collect_finished(writes, report, wait=False)
+        finally:  # a run stopped by its weights still reports the pairs it wrote before
+            _collect_finished(writes, report, wait=True)
     return outcomes
 
 

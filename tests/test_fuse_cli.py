@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,44 @@ def test_quiet_folder_run_still_names_the_pair_that_failed(run_cli, examples: Pa
     result = run_cli("fuse", mri_dir, spect_dir, "-o", tmp_path / "out", "-m", "average", "-q")
     assert result.code == 1
     assert result.stderr.startswith("failed 10018: ") and result.stderr.count("\n") == 1
+
+
+def test_a_run_stopped_by_its_weights_still_says_what_it_wrote(
+    run_cli, examples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CT pair fused before the damaged functional checkpoint was needed stays written: the
+    error line counts it, and --json lists it, with the error, for a script to act on."""
+    from medfuse_cli import weights
+
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    for name in ("lwnet-functional.safetensors", "lwnet-ct.safetensors"):
+        (bundled / name).write_bytes((weights.BUNDLED_DIR / name).read_bytes())
+    damaged = bytearray((bundled / "lwnet-functional.safetensors").read_bytes())
+    damaged[-8] ^= 0xFF
+    (bundled / "lwnet-functional.safetensors").write_bytes(bytes(damaged))
+    monkeypatch.setattr(weights, "BUNDLED_DIR", bundled)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    mri_dir, second_dir = tmp_path / "MRI", tmp_path / "second"
+    mri_dir.mkdir()
+    second_dir.mkdir()
+    ct_mri, ct = pair_paths(examples, "CT-MRI", "CT", "2004")
+    mri, spect = pair_paths(examples)
+    for folder, a, b in ((mri_dir, ct_mri, mri), (second_dir, ct, spect)):
+        (folder / "a.png").write_bytes(a.read_bytes())  # the CT pair sorts first
+        (folder / "b.png").write_bytes(b.read_bytes())
+    out = tmp_path / "out"
+    args = ("fuse", mri_dir, second_dir, "-o", out, "-m", "lwnet", "--batch-size", "1")
+    result = run_cli(*args, "--json")
+    error = [line for line in result.stderr.splitlines() if not line.startswith("fusing: ")]
+    assert result.code == 1 and len(error) == 1
+    assert error[0].startswith("error: the bundled file cannot be used (checksum mismatch")
+    assert error[0].endswith("(the run stopped: 1 pair(s) written before it, 1 not fused)")
+    summary = json.loads(result.stdout)
+    assert summary["written"] == 1 and [p["pair"] for p in summary["pairs"]] == ["a"]
+    assert summary["stopped"]["pairs_not_fused"] == 1
+    assert summary["stopped"]["error"].startswith("the bundled file cannot be used")
+    assert [p.name for p in out.iterdir()] == ["a.png"]
 
 
 def test_a_newline_in_a_file_name_keeps_each_message_on_one_line(

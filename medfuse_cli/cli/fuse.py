@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from medfuse_cli.cli import options
-from medfuse_cli.errors import InputError, OutputError, single_line
+from medfuse_cli.errors import InputError, MedfuseError, OutputError, single_line
 from medfuse_cli.io import write_stdout
 from medfuse_cli.output_folders import create_folder, prepare_output_folder, remove_if_empty
 
@@ -169,10 +169,22 @@ def fuse(
         ImageOptions(kind, window_mri, window_functional, window_ct, colormap)
     )
     reading = {"resize": resize, "chroma": chroma, "max_pixels": max_pixels, "image_options": image_options}
+    stopped = None
     if mri.is_dir() or functional.is_dir():
-        outcomes = _fuse_folders(
-            fusion, mri, functional, Path(output), batch_size, reading, existing, quiet, (num_parts, part_id)
-        )
+        try:
+            outcomes = _fuse_folders(
+                fusion,
+                mri,
+                functional,
+                Path(output),
+                batch_size,
+                reading,
+                existing,
+                quiet,
+                (num_parts, part_id),
+            )
+        except _StoppedRun as run:
+            outcomes, stopped = run.outcomes, run
     else:
         outcomes = [_fuse_one(fusion, mri, functional, output, existing=existing, **reading)]
     failed = [o for o in outcomes if o.error]
@@ -188,12 +200,16 @@ def fuse(
         }
         if sharded:
             summary["part"] = {"id": part_id, "of": num_parts}
+        if stopped is not None:
+            summary["stopped"] = {"error": str(stopped.error), "pairs_not_fused": stopped.not_fused}
         write_stdout(f"{json.dumps(summary)}\n".encode())  # a full disk is one line, not a traceback
-    elif not quiet and output != "-":
+    elif not quiet and output != "-" and stopped is None:
         line = _summary_line(fusion, outcomes, seconds)
         _stderr.print(
             f"part {part_id} of {num_parts}: {line}" if sharded else line, markup=False, soft_wrap=True
         )
+    if stopped is not None:
+        raise stopped.described()
     if failed:
         raise typer.Exit(code=1)
 
@@ -303,6 +319,23 @@ def _fuse_one(
     return outcome
 
 
+class _StoppedRun(Exception):
+    """A folder run stopped by an error of the whole run (its weights), with the pairs decided
+    before it: ``--json`` still lists them, and the error line says how many were written."""
+
+    def __init__(self, error: MedfuseError, outcomes: list[PairOutcome], jobs: int) -> None:
+        super().__init__(str(error))
+        self.error, self.outcomes = error, outcomes
+        self.not_fused = jobs - len(outcomes)
+
+    def described(self) -> MedfuseError:
+        """The error, saying what the run had done when it stopped."""
+        written = sum(o.written for o in self.outcomes)
+        return type(self.error)(
+            f"{self.error} (the run stopped: {written} pair(s) written before it, {self.not_fused} not fused)"
+        )
+
+
 def _fuse_folders(
     fusion: Fusion,
     mri_dir: Path,
@@ -341,14 +374,19 @@ def _fuse_folders(
             task = progress.add_task("fuse", total=len(jobs))
 
             def report(outcome: PairOutcome) -> None:
+                decided.append(outcome)
                 progress.advance(task)
                 if outcome.error:  # --quiet drops progress and the summary, never an error
                     progress.console.print(
                         single_line(f"failed {outcome.name}: {outcome.error}"), markup=False
                     )
 
-            return fuse_folders(
-                fusion, jobs, batch_size=batch_size, on_done=report, existing=existing, **reading
-            )
+            decided: list[PairOutcome] = []
+            try:
+                return fuse_folders(
+                    fusion, jobs, batch_size=batch_size, on_done=report, existing=existing, **reading
+                )
+            except MedfuseError as exc:  # the run's weights: pairs decided before it are still reported
+                raise _StoppedRun(exc, decided, len(jobs)) from None
     finally:
         remove_if_empty(created)
