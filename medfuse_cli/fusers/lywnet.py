@@ -438,39 +438,39 @@ _TEST_METRICS = json.dumps(
     {
         "CT-MRI": {
             "mean": {
-                "CC": 0.7844,
-                "MI": 3.0261,
-                "PSNR": 14.8428,
-                "Qabf": 0.3939,
-                "SSIM": 0.7347,
-                "VIF": 0.469,
+                "CC": 0.7839,
+                "MI": 3.0442,
+                "PSNR": 14.8529,
+                "Qabf": 0.3931,
+                "SSIM": 0.7348,
+                "VIF": 0.4724,
             },
             "n": 23,
-            "std": {"CC": 0.0304, "MI": 0.163, "PSNR": 0.5723, "Qabf": 0.0554, "SSIM": 0.0303, "VIF": 0.0484},
+            "std": {"CC": 0.0304, "MI": 0.163, "PSNR": 0.5714, "Qabf": 0.0559, "SSIM": 0.0306, "VIF": 0.0493},
         },
         "PET-MRI": {
             "mean": {
-                "CC": 0.839,
-                "MI": 3.1037,
-                "PSNR": 15.1001,
-                "Qabf": 0.3998,
-                "SSIM": 0.6409,
-                "VIF": 0.5867,
+                "CC": 0.8389,
+                "MI": 3.1271,
+                "PSNR": 15.1052,
+                "Qabf": 0.4004,
+                "SSIM": 0.6414,
+                "VIF": 0.5908,
             },
             "n": 24,
-            "std": {"CC": 0.0348, "MI": 0.241, "PSNR": 0.848, "Qabf": 0.0544, "SSIM": 0.0521, "VIF": 0.0568},
+            "std": {"CC": 0.0352, "MI": 0.2427, "PSNR": 0.8484, "Qabf": 0.052, "SSIM": 0.0517, "VIF": 0.0565},
         },
         "SPECT-MRI": {
             "mean": {
-                "CC": 0.8823,
-                "MI": 3.22,
-                "PSNR": 16.8841,
-                "Qabf": 0.5648,
-                "SSIM": 0.7208,
-                "VIF": 0.5436,
+                "CC": 0.8819,
+                "MI": 3.2439,
+                "PSNR": 16.923,
+                "Qabf": 0.5659,
+                "SSIM": 0.7252,
+                "VIF": 0.547,
             },
             "n": 21,
-            "std": {"CC": 0.0295, "MI": 0.2281, "PSNR": 0.877, "Qabf": 0.0572, "SSIM": 0.0621, "VIF": 0.0438},
+            "std": {"CC": 0.0296, "MI": 0.231, "PSNR": 0.8829, "Qabf": 0.0577, "SSIM": 0.0573, "VIF": 0.0436},
         },
     },
     sort_keys=True,
@@ -479,7 +479,7 @@ HARVARD_CHECKPOINT = Checkpoint(
     fuser="lywnet",
     tag="harvard",
     filename="lywnet-harvard.safetensors",
-    sha256="5bb2b4bb8dfa406350375f40b8b6f18862f30491ccafd47161ad8edb9f494e5b",
+    sha256="f166703bc25c54a7de4dc7057aec3b0aca927061e96a2a57e49799b684002a52",
     applies_to=None,
     meta={
         "network": "LYWNet",
@@ -489,16 +489,16 @@ HARVARD_CHECKPOINT = Checkpoint(
         "data": '["../shared/data/harvard/SPECT-MRI/train", "../shared/data/harvard/PET-MRI/train", '
         '"../shared/data/harvard/CT-MRI/train"]',
         "command": "medfuse train ../shared/data/harvard/SPECT-MRI/train ../shared/data/harvard/PET-MRI/train "
-        "../shared/data/harvard/CT-MRI/train --model lywnet --recipe lywnet-cpu -o /work/runs/lywnet-pair2 "
-        "--init weights/lywnet-harvard.safetensors --epochs 1 --lr 5e-5 --min-lr 1e-6 --crop-size 96 "
-        "--crop-scale whole --train-norm pair --max-minutes 80 --threads 2",
-        "schedule": "autoencoder, 1 of 1 epochs over 1368 Y images, Adam lr 5e-05 (cosine to 1e-06), "
+        "../shared/data/harvard/CT-MRI/train --model lywnet --recipe lywnet-cpu -o /work/runs/lywnet-pair-ct-all "
+        "--init /work/runs/lywnet-pair-ct/lywnet.safetensors --epochs 1 --lr 3e-5 --min-lr 1e-6 --crop-size 96 "
+        "--crop-scale whole --train-norm pair --max-minutes 70 --threads 2",
+        "schedule": "autoencoder, 1 of 1 epochs over 1368 Y images, Adam lr 3e-05 (cosine to 1e-06), "
         "batch 16, 96 px crops at whole scale, loss weights (1.0, 25.0, 4.0), pair statistics in training, "
-        "from weights/lywnet-harvard.safetensors "
-        "(sha256 06bbab33b2c0f8570fe361744977e4a347140dd265f445dc3c177be5460e32f3)",
+        "from /work/runs/lywnet-pair-ct/lywnet.safetensors "
+        "(sha256 3da2732074e7f85e665c77f1b0b45ec58d81f78df45ff57725433d1b454cf080)",
         "epochs": "1",
-        "wall_time_minutes": "53.9",
-        "git_commit": "29fcf09ec8b26a39d51a6420384a0c9953e75678",
+        "wall_time_minutes": "87.0",
+        "git_commit": "1db4304f300b6cf1636fb739d576f4c22975af8e",
         "resumed": "[]",
         "test_metrics": _TEST_METRICS,
     },
