@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import shlex
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -284,11 +286,28 @@ def train(
         resume=resume,
         max_minutes=max_minutes,
     )
+    if _is_main_process():
+        _notice_repeated_data(settings.data)
     quiet = quiet or not _is_main_process()
     with _Screen(quiet) as screen:
         weights = start.trainer.train(replace(start.config, **changes), settings, screen)
     if not quiet:
         print(f"weights: {weights}")
+
+
+def _notice_repeated_data(data: tuple[str, ...]) -> None:
+    """Say when one data folder is given more than once: its pairs then count that many times in
+    every epoch (a way to weigh one pair kind), which must not happen unnoticed."""
+    typed = {}
+    counts = Counter()
+    for folder in data:
+        typed.setdefault(Path(folder).resolve(), folder)
+        counts[Path(folder).resolve()] += 1
+    for resolved, times in counts.items():
+        if times > 1:
+            logging.getLogger("medfuse_cli").info(
+                "%s is given %d times: its pairs count %d times in every epoch", typed[resolved], times, times
+            )
 
 
 def _named_folders(pairs: list[str]) -> dict[str, str]:
