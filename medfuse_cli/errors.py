@@ -32,7 +32,17 @@ class OutputError(MedfuseError, OSError):
     """An output that cannot be written (exists without ``--overwrite``, folder missing, ...)."""
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def single_line(text: str) -> str:
-    """``text`` with its line breaks written as ``\\n`` and ``\\r``, for a message that must stay
-    one line (``error: …``, ``failed NAME: …``) even when a file name it quotes holds a newline."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    """``text`` as one line of plain characters, for a message that must stay one line
+    (``error: …``, ``failed NAME: …``) whatever a file name it quotes holds: line breaks are
+    written ``\\n``, ``\\r``, ``\\t``, and every other control character (vertical tab, form
+    feed, the escape that starts a terminal colour) as ``\\xNN``, so none of them can break the
+    line or drive the terminal."""
+    return "".join(
+        _ESCAPES.get(char)
+        or (f"\\x{ord(char):02x}" if ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 else char)
+        for char in text
+    )

@@ -162,11 +162,14 @@ def test_a_newline_in_a_file_name_keeps_each_message_on_one_line(
     mri_dir.mkdir()
     spect_dir.mkdir()
     mri, _ = pair_paths(examples)
-    (mri_dir / "a\nb.png").write_bytes(mri.read_bytes())
-    (spect_dir / "a\nb.png").write_bytes(b"garbage")
+    for name in ("a\nb.png", "c\x0bd\x1b[31m.png"):  # a newline; a vertical tab and a terminal colour
+        (mri_dir / name).write_bytes(mri.read_bytes())
+        (spect_dir / name).write_bytes(b"garbage")
     result = run_cli("fuse", mri_dir, spect_dir, "-o", tmp_path / "out", "-m", "average", "-q")
     assert result.code == 1
-    assert result.stderr.startswith("failed a\\nb: ") and result.stderr.count("\n") == 1
+    assert result.stderr.count("\n") == 2 and "\x1b" not in result.stderr and "\x0b" not in result.stderr
+    assert result.stderr.startswith("failed a\\nb: ")
+    assert "failed c\\x0bd\\x1b[31m: " in result.stderr
     single = run_cli("fuse", spect_dir / "a\nb.png", mri, "-o", tmp_path / "one.png", "-m", "average")
     assert single.code == 1
     assert single.stderr.startswith("error: ") and "a\\nb.png" in single.stderr

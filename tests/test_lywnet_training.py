@@ -302,6 +302,19 @@ def test_medfuse_train_lywnet_command(tiny_data: Path, tmp_path: Path, run_cli) 
     assert read_checkpoint(tmp_path / "cli" / WEIGHTS_FILE).metadata["command"].startswith("medfuse train")
 
 
+def test_a_data_folder_given_twice_is_said_and_counts_twice(tiny_data: Path, tmp_path: Path, run_cli) -> None:
+    """Giving a folder twice weighs its pairs double, which a user may mean (to favour one pair
+    kind) or not: the notice says so, and the run trains on both copies."""
+    options = ["--model", "lywnet", "--epochs", "1", "--threads", "1", "-q"]
+    result = run_cli("train", tiny_data, f"{tiny_data}/", "-o", tmp_path / "twice", *options)
+    assert result.code == 0, result.stderr
+    assert f"notice: {tiny_data} is given 2 times: its pairs count 2 times in every epoch" in result.stderr
+    once = run_cli("train", tiny_data, "-o", tmp_path / "once", *options)
+    assert "notice" not in once.stderr
+    images = [read_checkpoint(tmp_path / run / WEIGHTS_FILE).metadata["images"] for run in ("once", "twice")]
+    assert int(images[1]) == 2 * int(images[0])
+
+
 def test_resume_from_another_folder_refuses_an_init_that_is_another_file(
     tiny_data: Path, tmp_path: Path, run_cli, monkeypatch
 ) -> None:
@@ -344,3 +357,5 @@ def test_finalize_adds_test_metrics_and_keeps_the_tensors(tiny_data: Path, tmp_p
     assert all(torch.equal(before.tensors[k], after.tensors[k]) for k in before.tensors)
     assert json.loads(after.metadata.pop("test_metrics")) == metrics
     assert after.metadata == before.metadata
+    finalize_checkpoint(run, tmp_path / "continued.safetensors", metrics, lineage="3 epochs in all")
+    assert read_checkpoint(tmp_path / "continued.safetensors").metadata["lineage"] == "3 epochs in all"

@@ -163,7 +163,7 @@ def test_spi_needs_candidate_labels() -> None:
     for weight in (-1.0, float("nan"), float("inf")):  # NaN once trained a run into NaN weights
         with pytest.raises(InputError, match="finite numbers of at least 0"):
             replace(CONFIG, peak_weight=weight)
-    with pytest.raises(InputError, match="--lr must be a positive number"):
+    with pytest.raises(InputError, match="--lr must be a finite number above 0"):
         replace(CONFIG, learning_rate=float("inf"))
 
 

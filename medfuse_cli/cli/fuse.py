@@ -59,17 +59,17 @@ def fuse(
     window_mri: str | None = typer.Option(
         None,
         "--window-mri",
-        help="MRI window LO,HI in its units (2-D: stored values) [default: volumes 0.5-99.5th percentile of non-zero voxels; 2-D the file's bit range].",
+        help="MRI window LO,HI in its units (2-D: stored values) [default: volumes 0.5-99.5th percentile of non-zero voxels; 2-D 0..255 for 8-bit files; 16-bit: 0 to 2^b-1, b the bits its largest value needs, e.g. 0..4095].",
     ),
     window_functional: str | None = typer.Option(
         None,
         "--window-functional",
-        help="PET/SPECT window LO,HI in its units, e.g. SUV 0,8 (2-D gray: stored values) [default: volumes 0 to the 99.9th percentile of non-zero voxels; 2-D the file's bit range].",
+        help="PET/SPECT window LO,HI in its units, e.g. SUV 0,8 (2-D gray: stored values) [default: volumes 0 to the 99.9th percentile of non-zero voxels; 2-D 0..255 for 8-bit files; 16-bit: 0 to 2^b-1, b the bits its largest value needs, e.g. 0..4095].",
     ),
     window_ct: str | None = typer.Option(
         None,
         "--window-ct",
-        help="CT window: brain, subdural, soft, bone, or LO,HI in HU (2-D: LO,HI in stored values only) [default: volumes subdural, level 75 width 200; 2-D the file's bit range].",
+        help="CT window: brain, subdural, soft, bone, or LO,HI in HU (2-D: LO,HI in stored values only) [default: volumes subdural, level 75 width 200; 2-D 0..255 for 8-bit files; 16-bit: 0 to 2^b-1, b the bits its largest value needs, e.g. 0..4095].",
     ),
     colormap: str | None = typer.Option(
         None,

@@ -31,8 +31,8 @@ BACKEND = typer.Option(
     "--backend",
     help="Where a network runs: torch, or onnxruntime: its ONNX export (as `medfuse export` writes it for the same "
     "weights) in an ONNX Runtime CPU session with --threads intra-op threads; networks only, CPU only; needs "
-    "pip install 'medfuse[onnx]'. fuse exports once per checkpoint into a cache ($MEDFUSE_CACHE, default "
-    "~/.cache/medfuse/onnx); benchmark exports and times it per call.",
+    "pip install 'medfuse[onnx]'. fuse exports once per checkpoint into a cache ($MEDFUSE_CACHE, else "
+    "$XDG_CACHE_HOME/medfuse/onnx, else ~/.cache/medfuse/onnx); benchmark exports and times it per call.",
 )
 RESIZE = typer.Option(
     False, "--resize", help="Resize the second image to the MRI's size (bicubic) instead of refusing."

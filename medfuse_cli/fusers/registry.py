@@ -59,7 +59,7 @@ class Checkpoint:
         filename: the file's name, bundled in ``weights/`` and on the Hub.
         sha256: the file's sha256 (hex); a file that does not match is never loaded.
         applies_to: ``"functional"`` or ``"ct"``: the pairs it is meant for (None: any pair).
-        hub_repo, hub_revision: where the Hub serves it, at a pinned revision.
+        hub_repo, hub_revision: where the Hub serves it (a branch or tag; the bytes are pinned by ``sha256``).
         meta: the provenance header fields (see above).
     """
 

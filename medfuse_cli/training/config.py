@@ -32,7 +32,7 @@ def _require(condition: bool, message: str) -> None:
 def _require_learning_rate(learning_rate: float) -> None:
     """Both trainers' check of ``--lr``: a finite number above 0 (NaN or inf would train a run
     into NaN weights)."""
-    _require(math.isfinite(learning_rate) and learning_rate > 0, "--lr must be a positive number")
+    _require(math.isfinite(learning_rate) and learning_rate > 0, "--lr must be a finite number above 0")
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,9 @@ class LYWNetConfig:
             self.lr_schedule in LR_SCHEDULES,
             f"unknown --lr-schedule '{self.lr_schedule}' (choose {' or '.join(LR_SCHEDULES)})",
         )
-        _require(math.isfinite(self.min_lr) and self.min_lr >= 0, "--min-lr must be a number of at least 0")
+        _require(
+            math.isfinite(self.min_lr) and self.min_lr >= 0, "--min-lr must be a finite number of at least 0"
+        )
         _require(
             self.size >= 8 and self.size % 4 == 0,
             f"--crop-size must be a multiple of 4 and at least 8 (LYWNet's quarter-resolution level needs "

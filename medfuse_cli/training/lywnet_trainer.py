@@ -484,11 +484,14 @@ def _summary(entry: dict) -> dict[str, float]:
     return summary
 
 
-def finalize_checkpoint(run_weights: Path, out_path: Path, test_metrics: dict) -> None:
+def finalize_checkpoint(run_weights: Path, out_path: Path, test_metrics: dict, lineage: str = "") -> None:
     """Publish a run's weights at ``out_path`` with its test-split metrics in the metadata.
 
     ``test_metrics`` is what ``medfuse evaluate --json`` reported for the run's fused test
-    images; the tensors and the training metadata are copied unchanged.
+    images; the tensors and the training metadata are copied unchanged. A run started with
+    ``--init`` records only its own epochs and wall time: ``lineage`` (stored when given) says
+    what came before, e.g. the total epochs and hours from scratch, so ``medfuse models`` does
+    not present the last step as the whole training.
 
     Raises:
         CheckpointError: ``run_weights`` cannot be read.
@@ -496,6 +499,8 @@ def finalize_checkpoint(run_weights: Path, out_path: Path, test_metrics: dict) -
     """
     loaded = read_checkpoint(run_weights)
     metadata = loaded.metadata | {"test_metrics": json.dumps(test_metrics, sort_keys=True)}
+    if lineage:
+        metadata["lineage"] = lineage
     write_checkpoint(out_path, loaded.tensors, metadata)
 
 

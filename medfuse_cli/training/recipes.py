@@ -119,13 +119,14 @@ RECIPES: dict[str, Recipe] = {
             "lywnet-authors",
             "lywnet",
             "the authors' schedule: 1000 epochs, Adam 1e-4 constant, batch 16, 32 px (a GPU's job: "
-            "--device cuda); --epochs 2 --threads 1 is the shipped lywnet.harvard's schedule",
+            "--device cuda)",
             _LYWNET_AUTHORS,
         ),
         Recipe(
             "lywnet-cpu",
             "lywnet",
-            "ours for a CPU: 16 epochs, cosine from 1e-3 to 1e-5, held-out loss on the Harvard test splits",
+            "ours for a CPU: 16 epochs, cosine from 1e-3 to 1e-5, held-out loss on the Harvard test splits "
+            "(the shipped lywnet.harvard's first 16 epochs; the model card has the commands that continued it)",
             replace(
                 _LYWNET_AUTHORS,
                 epochs=16,
