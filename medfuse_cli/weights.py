@@ -257,14 +257,15 @@ def resolve_checkpoint(record: Checkpoint) -> LoadedCheckpoint:
             return read_checkpoint(bundled, record.sha256)  # hashed once, as it is read
         except CheckpointError as exc:
             bundled_problem = str(exc)
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() not in _HUB_OFFLINE_VALUES:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in _HUB_OFFLINE_VALUES
+    if not offline:
         downloaded = _download_from_hub(record)
         if downloaded is not None:
             return read_checkpoint(downloaded, record.sha256)
     if bundled_problem is not None:
+        hub = "HF_HUB_OFFLINE is set, so the Hub was not asked for" if offline else "the Hub cannot serve"
         raise CheckpointError(
-            f"the bundled file cannot be used ({bundled_problem}) and the Hub cannot serve "
-            f"{record.filename}: {_bundled_remedy()}"
+            f"the bundled file cannot be used ({bundled_problem}) and {hub} {record.filename}: {_bundled_remedy()}"
         )
     raise CheckpointError(
         f"checkpoint {record.filename} is neither bundled nor downloadable: {_bundled_remedy()}"
@@ -282,7 +283,7 @@ def _bundled_remedy() -> str:
 
 
 def _download_from_hub(record: Checkpoint) -> Path | None:
-    """Fetch ``record`` from the Hub at its pinned revision; None (and one notice) when the Hub
+    """Fetch ``record`` from the Hub at its revision (the sha256 is checked by the caller); None (and one notice) when the Hub
     cannot serve it.
 
     One metadata request without retries comes first: ``hf_hub_download`` alone retries an

@@ -147,8 +147,9 @@ def test_a_run_stopped_by_its_weights_still_says_what_it_wrote(
     assert result.code == 1 and len(error) == 1
     assert error[0].startswith("error: the bundled file cannot be used (checksum mismatch")
     assert error[0].endswith("(the run stopped: 1 pair(s) written before it, 1 not fused)")
+    assert "HF_HUB_OFFLINE is set, so the Hub was not asked for lwnet-functional.safetensors" in error[0]
     summary = json.loads(result.stdout)
-    assert summary["written"] == 1 and [p["pair"] for p in summary["pairs"]] == ["a"]
+    assert summary["written"] == 1 and [(p["pair"], p["written"]) for p in summary["pairs"]] == [("a", True)]
     assert summary["stopped"]["pairs_not_fused"] == 1
     assert summary["stopped"]["error"].startswith("the bundled file cannot be used")
     assert [p.name for p in out.iterdir()] == ["a.png"]

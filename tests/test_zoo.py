@@ -92,7 +92,9 @@ def test_create_fuser_builds_weights_and_untrained_networks() -> None:
     untrained = create_fuser("lwnet", pretrained=False)
     assert sum(p.numel() for p in untrained.parameters()) == 6444
     assert not ct.training
-    with pytest.raises(InputError, match="no checkpoint 'nope'"):
+    with pytest.raises(
+        InputError, match=r"no checkpoint 'nope' \(known: lwnet.functional or functional, lwnet.ct or ct\)"
+    ):
         create_fuser("lwnet", checkpoint="nope")
     with pytest.raises(InputError, match="classical rule"):
         create_fuser("average", weights="x.safetensors")

@@ -139,7 +139,7 @@ class FuserSpec:
         for record in self.checkpoints:
             if name in (record.name, record.tag):
                 return record
-        known = ", ".join(c.name for c in self.checkpoints) or "none"
+        known = ", ".join(f"{c.name} or {c.tag}" for c in self.checkpoints) or "none"
         raise InputError(f"model '{self.name}' has no checkpoint '{name}' (known: {known})")
 
     def checkpoint_for(self, pair_kind: str) -> Checkpoint:
