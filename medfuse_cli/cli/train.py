@@ -298,15 +298,12 @@ def train(
 def _notice_repeated_data(data: tuple[str, ...]) -> None:
     """Say when one data folder is given more than once: its pairs then count that many times in
     every epoch (a way to weigh one pair kind), which must not happen unnoticed."""
-    typed = {}
-    counts = Counter()
+    counts = Counter(Path(folder).resolve() for folder in data)
     for folder in data:
-        typed.setdefault(Path(folder).resolve(), folder)
-        counts[Path(folder).resolve()] += 1
-    for resolved, times in counts.items():
+        times = counts.pop(Path(folder).resolve(), 1)  # popped: each folder is said once, as first typed
         if times > 1:
             logging.getLogger("medfuse_cli").info(
-                "%s is given %d times: its pairs count %d times in every epoch", typed[resolved], times, times
+                "%s is given %d times: its pairs count %d times in every epoch", folder, times, times
             )
 
 
