@@ -12,6 +12,7 @@ evaluate, benchmark, train's label fusers) goes through ``Fusion``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -905,32 +906,44 @@ def fuse_folders(
             remaining.append(job)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         writes: list[Future[PairOutcome]] = []
+        load = functools.partial(
+            _try_load, resize=resize, chroma=chroma, max_pixels=max_pixels, image_options=image_options
+        )
         try:
-            for batch in _loaded_batches(
-                pool,
-                remaining,
-                batch_size,
-                lambda job: _try_load(job, resize, chroma, max_pixels, image_options),
-            ):
-                good = [(job, pair) for job, pair in batch if isinstance(pair, Pair)]
-                for job, failure in batch:
-                    if isinstance(failure, MedfuseError):
-                        report(PairOutcome(job.name, job.output, str(failure)))
-                for (job, pair), plane in zip(
-                    good, fusion.fuse_pairs([pair for _, pair in good]), strict=True
-                ):
-                    if isinstance(plane, MedfuseError):
-                        report(
-                            replace(PairOutcome.fused(job.name, job.output, pair, fusion), error=str(plane))
-                        )
-                    else:
-                        blank = notice_if_blank(pair, plane, fusion)
-                        done = PairOutcome.fused(job.name, job.output, pair, fusion, blank)
-                        writes.append(pool.submit(write_outcome, done, pair, plane, existing))
+            for batch in _loaded_batches(pool, remaining, batch_size, load):
+                writes += _fuse_batch(fusion, batch, pool, report, existing)
                 writes = _collect_finished(writes, report, wait=False)
         finally:  # a run stopped by its weights still reports the pairs it wrote before
             _collect_finished(writes, report, wait=True)
     return outcomes
+
+
+def _fuse_batch(
+    fusion: Fusion,
+    batch: list[tuple[PairJob, Pair | MedfuseError]],
+    pool: ThreadPoolExecutor,
+    report: Callable[[PairOutcome], None],
+    existing: str,
+) -> list[Future[PairOutcome]]:
+    """Fuse one loaded batch: report each pair that could not be read or fused, and return the
+    writes of the others, submitted to ``pool``.
+
+    Raises:
+        CheckpointError, MedfuseError: as ``Fusion.fuse_pairs`` (the run's weights).
+    """
+    good = [(job, pair) for job, pair in batch if isinstance(pair, Pair)]
+    for job, failure in batch:
+        if isinstance(failure, MedfuseError):
+            report(PairOutcome(job.name, job.output, str(failure)))
+    writes = []
+    for (job, pair), plane in zip(good, fusion.fuse_pairs([pair for _, pair in good]), strict=True):
+        if isinstance(plane, MedfuseError):
+            report(replace(PairOutcome.fused(job.name, job.output, pair, fusion), error=str(plane)))
+        else:
+            blank = notice_if_blank(pair, plane, fusion)
+            done = PairOutcome.fused(job.name, job.output, pair, fusion, blank)
+            writes.append(pool.submit(write_outcome, done, pair, plane, existing))
+    return writes
 
 
 def write_fused(output: Path | str, pair: Pair, fused_y: np.ndarray, *, overwrite: bool = True) -> None:
