@@ -826,9 +826,10 @@ class PairOutcome:
         return self.error is None and not self.skipped
 
     def to_json(self) -> dict:
-        """The pair's entry in ``medfuse fuse --json``: output, whether it was written, error, and what was decided
-        (``second_image``, ``checkpoint``, ``checkpoint_sha256``, ``blank_pair_made_up``, and
-        ``Levels.to_json``'s ``windows``, ``colormap``, ``kind``, ``kind_given``, ``kind_from``)."""
+        """The pair's entry in ``medfuse fuse --json``: output, whether it was ``written``, error,
+        and what was decided (``second_image``, ``checkpoint``, ``checkpoint_sha256``,
+        ``blank_pair_made_up``, and ``Levels.to_json``'s ``windows``, ``colormap``, ``kind``,
+        ``kind_given``, ``kind_from``)."""
         row: dict = {"pair": self.name, "output": str(self.output), "written": self.written}
         if self.error:
             row["error"] = self.error

@@ -283,8 +283,8 @@ def _bundled_remedy() -> str:
 
 
 def _download_from_hub(record: Checkpoint) -> Path | None:
-    """Fetch ``record`` from the Hub at its revision (the sha256 is checked by the caller); None (and one notice) when the Hub
-    cannot serve it.
+    """Fetch ``record`` from the Hub at its revision (the caller checks the sha256); None (and
+    one notice) when the Hub cannot serve it.
 
     One metadata request without retries comes first: ``hf_hub_download`` alone retries an
     unreachable Hub with back-off for half a minute, too long for an offline clinic machine.
