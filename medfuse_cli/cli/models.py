@@ -21,6 +21,11 @@ def _parameter_count(spec: FuserSpec) -> int:
     return sum(p.numel() for p in create_fuser(spec.name, pretrained=False).parameters())
 
 
+# Header fields only some checkpoints carry, shown where present: how LYWNet normalises when it
+# fuses, and what came before a run started with --init (its own epochs and wall time are the
+# last step's only).
+OPTIONAL_FIELDS = ("normalization", "lineage")
+
 # Header fields whose text stands for a number or a list; --json gives them as such, so a script
 # reads ``epochs`` as 3, not "3". The others (command, schedule, ...) are text.
 TYPED_FIELDS = {
@@ -36,7 +41,8 @@ def checkpoint_row(record: Checkpoint) -> dict:
     """A checkpoint's record as ``medfuse models --json`` prints it: whether a bundled copy with
     the pinned sha256 is present (``bundled``; a damaged one is not counted), the header's
     fields, numbers and lists typed (``TYPED_FIELDS``), ``test_metrics`` parsed, and the
-    inference statistics (``normalization``) of a network whose record names them (LYWNet's)."""
+    fields only some records have (``OPTIONAL_FIELDS``: LYWNet's inference statistics and the
+    lineage of a checkpoint continued with ``--init``)."""
     from medfuse_cli.fusers.registry import PROVENANCE_FIELDS
     from medfuse_cli.weights import bundled_path
 
@@ -49,7 +55,7 @@ def checkpoint_row(record: Checkpoint) -> dict:
         "hub": f"{record.hub_repo}@{record.hub_revision}",
         "sha256": record.sha256,
         **{key: _typed(key, record.meta[key]) for key in PROVENANCE_FIELDS if key != "test_metrics"},
-        **{key: record.meta[key] for key in ("normalization",) if key in record.meta},
+        **{key: record.meta[key] for key in OPTIONAL_FIELDS if key in record.meta},
         "test_metrics": record.test_metrics,
     }
 
