@@ -10,8 +10,8 @@ replaced it and when the whole-image fine-tune (16 + 17 + 6 + 1 epochs) replaced
 when the per-pair fine-tune (16 + 17 + 6 + 1 + 1 epochs, per-pair statistics) replaced that and
 when its second per-pair epoch (16 + 17 + 6 + 1 + 1 + 1) replaced it and when that epoch's
 CT-MRI-only and all-pairs continuation (+ 1 + 1) replaced it and when a second such pair of
-epochs (+ 1 + 1) replaced that (the renovation itself left it
-unchanged), the ``lwnet`` rows when the balanced checkpoints
+epochs (+ 1 + 1) replaced that and when three epochs on whole images at 128 px (+ 1 + 1 + 1)
+replaced that (the renovation itself left it unchanged), the ``lwnet`` rows when the balanced checkpoints
 of issue 15 replaced the issue-6 ones.
 
 Threads are pinned to what the CLI picks by default on the 2-core machine that recorded the rows:
