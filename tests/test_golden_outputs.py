@@ -3,16 +3,9 @@
 ``tests/data/golden_fused_sha256.txt`` holds the sha256 of ``medfuse fuse`` outputs recorded
 before the renovation of issue 11 (``<model>-<KIND>-<name>.png <sha256>``). A change that is
 meant to alter outputs (new weights, a new rule) updates the file in the same commit and says why:
-the ``lywnet`` row was re-recorded when the 16-epoch LYWNet checkpoint replaced the 2-epoch one and
-when the continued (16 + 17 epochs) one replaced it and when the native-scale fine-tune
-(16 + 17 + 3 epochs) replaced that and when that fine-tune's continuation (16 + 17 + 6 epochs)
-replaced it and when the whole-image fine-tune (16 + 17 + 6 + 1 epochs) replaced that and
-when the per-pair fine-tune (16 + 17 + 6 + 1 + 1 epochs, per-pair statistics) replaced that and
-when its second per-pair epoch (16 + 17 + 6 + 1 + 1 + 1) replaced it and when that epoch's
-CT-MRI-only and all-pairs continuation (+ 1 + 1) replaced it and when a second such pair of
-epochs (+ 1 + 1) replaced that and when three epochs on whole images at 128 px (+ 1 + 1 + 1)
-replaced that (the renovation itself left it unchanged), the ``lwnet`` rows when the balanced checkpoints
-of issue 15 replaced the issue-6 ones.
+the ``lywnet`` row is re-recorded each time a LYWNet checkpoint replaces the shipped one (the
+model card's learning curve lists them), the ``lwnet`` rows were when the balanced checkpoints
+of issue 15 replaced the issue-6 ones; the renovation itself left every row unchanged.
 
 Threads are pinned to what the CLI picks by default on the 2-core machine that recorded the rows:
 LYWNet's convolutions sum in another order on one thread (its bytes differ), so a CI runner with a
