@@ -3,8 +3,9 @@
 ``tests/data/golden_fused_sha256.txt`` holds the sha256 of ``medfuse fuse`` outputs recorded
 before the renovation of issue 11 (``<model>-<KIND>-<name>.png <sha256>``). A change that is
 meant to alter outputs (new weights, a new rule) updates the file in the same commit and says why:
-the ``lywnet`` row is re-recorded each time a LYWNet checkpoint replaces the shipped one (the
-model card's learning curve lists them), the ``lwnet`` rows were when the balanced checkpoints
+the ``lywnet`` rows are re-recorded each time a LYWNet checkpoint replaces a shipped one (the
+model card's learning curve lists them; the SPECT row, added with the CT-MRI checkpoint, pins the
+file that fuses colour pairs), the ``lwnet`` rows were when the balanced checkpoints
 of issue 15 replaced the issue-6 ones; the renovation itself left every row unchanged.
 
 Threads are pinned to what the CLI picks by default on the 2-core machine that recorded the rows:

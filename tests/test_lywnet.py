@@ -15,6 +15,7 @@ from medfuse_cli.errors import MedfuseError
 from medfuse_cli.fusers import create_fuser, get_fuser_spec, lywnet, lywnet_authors
 from medfuse_cli.fusers.lywnet import OWN_FORMAT, PER_IMAGE, PER_PAIR, ImageNorm, LYWNet, load_lywnet
 from medfuse_cli.fusers.lywnet_authors import AUTHORS_FORMAT
+from medfuse_cli.fusers.registry import CT, FUNCTIONAL
 from medfuse_cli.io import to_integer
 from medfuse_cli.pipeline import Fusion, load_pair
 from medfuse_cli.weights import LoadedCheckpoint, read_checkpoint, write_checkpoint
@@ -295,17 +296,25 @@ def test_fds_weights_follow_the_stronger_feature() -> None:
     torch.testing.assert_close(fds(fa, fb), torch.tensor([10.0 * torch.sigmoid(torch.tensor(10.0)), 0.0]))
 
 
-def test_bundled_checkpoint_is_ours_and_loads_by_default() -> None:
-    """The shipped file matches its registry checksum, is our format, and says how it was made."""
+def test_each_kind_of_pair_gets_its_own_checkpoint() -> None:
+    spec = get_fuser_spec("lywnet")
+    assert spec.checkpoints[0].name == "lywnet.harvard"  # the default where no pair kind is known
+    assert spec.checkpoint_for(FUNCTIONAL).filename == "lywnet-harvard.safetensors"
+    assert spec.checkpoint_for(CT).filename == "lywnet-ct.safetensors"
+
+
+@pytest.mark.parametrize("name", ["lywnet.harvard", "lywnet.ct"])
+def test_bundled_checkpoint_is_ours_and_loads(name: str) -> None:
+    """Each shipped file matches its registry checksum, is our format, and says how it was made."""
     from medfuse_cli.weights import bundled_path
 
-    spec = get_fuser_spec("lywnet").checkpoints[0]
+    spec = get_fuser_spec("lywnet").checkpoint(name)
     path = bundled_path(spec)
     if not path.is_file():
         pytest.skip(f"{path} is not bundled in this checkout")
     loaded = read_checkpoint(path, spec.sha256)
     assert loaded.metadata["format"] == OWN_FORMAT and loaded.metadata["normalization"] == PER_PAIR
-    assert create_fuser("lywnet").normalization == PER_PAIR  # fuses as it was trained
+    assert create_fuser("lywnet", checkpoint=name).normalization == PER_PAIR  # fuses as it was trained
     assert {
         "command",
         "data",

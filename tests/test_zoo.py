@@ -56,13 +56,11 @@ def test_models_json_prints_every_record_in_full(run_cli) -> None:
         assert row["data"] == json.loads(record.meta["data"]) and isinstance(row["data"], list)
         # each --resume session's command where a run was continued; a list, also when empty
         assert row["resumed"] == json.loads(record.meta["resumed"]) and isinstance(row["resumed"], list)
-    # how the shipped LYWNet fuses (per pair) is part of its record; LWNet has no such setting
-    assert printed["lywnet.harvard"]["normalization"] == "per-pair"
-    # a checkpoint continued with --init says what came before its last step's epochs
-    assert (
-        printed["lywnet.harvard"]["lineage"]
-        == next(r for r in RECORDS if r.name == "lywnet.harvard").meta["lineage"]
-    )
+    for name in ("lywnet.harvard", "lywnet.ct"):
+        # how the shipped LYWNet fuses (per pair) is part of its record; LWNet has no such setting
+        assert printed[name]["normalization"] == "per-pair"
+        # a checkpoint continued with --init says what came before its last step's epochs
+        assert printed[name]["lineage"] == next(r for r in RECORDS if r.name == name).meta["lineage"]
     assert "lineage" not in printed["lwnet.ct"]
     assert "normalization" not in printed["lwnet.ct"]
 

@@ -30,6 +30,13 @@ checkpoints are trained with the same per-pair statistics (``train_norm="pair"``
 Input size. The micro pyramid pools twice by 2, so the network needs H and W divisible by 4.
 ``LYWNet`` reflect-pads the inputs up to the next multiple of 4 and crops the output back, so any
 image of at least 5 x 5 pixels works (``MIN_SIZE``).
+
+Checkpoints. The authors ship one checkpoint for every pair kind. We ship two, as for LWNet, and
+the pipeline picks one from the inputs (``FuserSpec.checkpoint_for``; ``--checkpoint`` overrides):
+``lywnet.harvard``, trained on all three kinds' pairs, for colour SPECT/PET pairs, and
+``lywnet.ct``, that file continued on CT-MRI pairs alone, for grayscale CT pairs. Epochs on CT-MRI
+alone raise CT-MRI VIF and lower SPECT-MRI SSIM, so one file could not keep both at the authors'
+level (weights/MODEL_CARD.md).
 """
 
 from __future__ import annotations
@@ -43,7 +50,14 @@ from torch import nn
 
 from medfuse_cli.errors import CheckpointError, InputError
 from medfuse_cli.fusers.lywnet_authors import AUTHORS_FORMAT, from_authors_names
-from medfuse_cli.fusers.registry import Checkpoint, FuserSpec, check_fuser_inputs, register_fuser
+from medfuse_cli.fusers.registry import (
+    CT,
+    FUNCTIONAL,
+    Checkpoint,
+    FuserSpec,
+    check_fuser_inputs,
+    register_fuser,
+)
 from medfuse_cli.weights import LoadedCheckpoint, load_state_strict
 
 CHANNELS = 64
@@ -433,8 +447,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = 4) -> torch.Tensor:
 
 OWN_FORMAT = "medfuse-lywnet-1"
 
-# Test-split scores written into the file's header by ``finalize_checkpoint`` (MODEL_CARD.md).
-_TEST_METRICS = json.dumps(
+# Test-split scores written into each file's header by ``finalize_checkpoint`` (MODEL_CARD.md).
+_HARVARD_TEST_METRICS = json.dumps(
     {
         "CT-MRI": {
             "mean": {
@@ -480,7 +494,7 @@ HARVARD_CHECKPOINT = Checkpoint(
     tag="harvard",
     filename="lywnet-harvard.safetensors",
     sha256="de558b6ec366eab97ba5d51d1363333673a7ea73b4b16c4ddb7c7e6c12cf4c35",
-    applies_to=None,
+    applies_to=FUNCTIONAL,
     meta={
         "network": "LYWNet",
         "format": "medfuse-lywnet-1",
@@ -506,13 +520,67 @@ HARVARD_CHECKPOINT = Checkpoint(
         "wall_time_minutes": "113.4",
         "git_commit": "758edf15f0d378abb65a525b451886eec53c295f",
         "resumed": "[]",
-        "test_metrics": _TEST_METRICS,
+        "test_metrics": _HARVARD_TEST_METRICS,
         "lineage": (
             "49 epochs from scratch on a 2-core CPU, 15.3 h in all: the 46 of the file shipped before (sha256"
             " 9051b5f9...), then 1 on CT-MRI pairs alone, 1 on a kind-balanced mix (every third SPECT-MRI, "
             "every second PET-MRI, every CT-MRI training pair) and 1 on all pairs, all three whole images at "
             "128 px with per-pair statistics; epochs, wall_time_minutes and command are those of the last; "
             "weights/MODEL_CARD.md gives every step's command"
+        ),
+    },
+)
+_CT_TEST_METRICS = json.dumps(
+    {
+        "CT-MRI": {
+            "mean": {
+                "CC": 0.7872,
+                "MI": 3.0637,
+                "PSNR": 13.973,
+                "Qabf": 0.4539,
+                "SSIM": 0.7435,
+                "VIF": 0.4858,
+            },
+            "n": 23,
+            "std": {"CC": 0.031, "MI": 0.1451, "PSNR": 0.4688, "Qabf": 0.0534, "SSIM": 0.0282, "VIF": 0.0552},
+        }
+    },
+    sort_keys=True,
+)
+CT_CHECKPOINT = Checkpoint(
+    fuser="lywnet",
+    tag="ct",
+    filename="lywnet-ct.safetensors",
+    sha256="b56e71d1ec002ec952810043f1e474546352f97a9d8172c31ee011ccf1c20efe",
+    applies_to=CT,
+    meta={
+        "network": "LYWNet",
+        "format": "medfuse-lywnet-1",
+        "normalization": "per-pair",
+        "parameters": "413505",
+        "data": '["../shared/data/harvard/CT-MRI/train"]',
+        "command": (
+            "medfuse train ../shared/data/harvard/CT-MRI/train --model lywnet --recipe lywnet-cpu -o "
+            "/work/runs/ct2 --init /work/runs/ct1/lywnet.safetensors --epochs 1 --lr 5e-5 --min-lr 1e-6 "
+            "--crop-size 160 --batch-size 10 --crop-scale whole --train-norm pair --max-minutes 60 --threads "
+            "2"
+        ),
+        "schedule": (
+            "autoencoder, 1 of 1 epochs over 288 Y images, Adam lr 5e-05 (cosine to 1e-06), batch 10, 160 px "
+            "crops at whole scale, loss weights (1.0, 25.0, 4.0), pair statistics in training, from "
+            "/work/runs/ct1/lywnet.safetensors (sha256 "
+            "46ea3ad6c2703f337591132e0363dfc56549b98b0f50ea645cca3838b5ff4350)"
+        ),
+        "epochs": "1",
+        "wall_time_minutes": "39.1",
+        "git_commit": "045c3f7411c42e52286321a672826549eb9cbc6f",
+        "resumed": "[]",
+        "test_metrics": _CT_TEST_METRICS,
+        "lineage": (
+            "51 epochs from scratch on a 2-core CPU, 16.4 h in all: the 49 of lywnet.harvard (sha256 "
+            "de558b6e...), then 2 on CT-MRI pairs alone with per-pair statistics, on whole images at 128 px "
+            "(lr 5e-5, 25.7 min), then at 160 px with batch 10 (lr 5e-5, 39.1 min); epochs, wall_time_minutes"
+            " and command are those of the last; weights/MODEL_CARD.md gives every step's command"
         ),
     },
 )
@@ -586,6 +654,6 @@ register_fuser(
         cpu_threads=None,  # ~7 s per 256² pair: worth both cores (BENCHMARKS.md)
         in_default_lineup=False,  # minutes per folder on a CPU: run it when asked
         option_names=("temperature",),
-        checkpoints=(HARVARD_CHECKPOINT,),
+        checkpoints=(HARVARD_CHECKPOINT, CT_CHECKPOINT),
     )
 )
