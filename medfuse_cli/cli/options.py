@@ -45,7 +45,7 @@ CHROMA = typer.Option(
 CHECKPOINT: str | None = typer.Option(
     None,
     "--checkpoint",
-    help="A shipped checkpoint, e.g. lwnet.ct [default: chosen per pair from the second image].",
+    help="A shipped checkpoint, e.g. lwnet.ct or lywnet.ct (`medfuse models` lists them) [default: chosen per pair from the second image].",
 )
 WEIGHTS: Path | None = typer.Option(
     None, "--weights", help="A safetensors checkpoint to use instead of the shipped ones."
