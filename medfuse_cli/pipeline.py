@@ -881,7 +881,8 @@ def fuse_folders(
             ``options``); a pair they do not fit fails with its one-line reason.
 
     Returns:
-        Every job's outcome, in the order they were decided.
+        Every job's outcome, in the order of ``jobs`` (``on_done`` sees them in the order they
+        were decided, which the worker threads make vary from run to run; a summary does not).
 
     Raises:
         InputError: an unknown ``existing``, or ``image_options`` that fit no pair
@@ -916,7 +917,8 @@ def fuse_folders(
                 writes = _collect_finished(writes, report, wait=False)
         finally:  # a run stopped by its weights still reports the pairs it wrote before
             _collect_finished(writes, report, wait=True)
-    return outcomes
+    position = {job.output: index for index, job in enumerate(jobs)}
+    return sorted(outcomes, key=lambda outcome: position[outcome.output])
 
 
 def _fuse_batch(
