@@ -917,6 +917,12 @@ def fuse_folders(
                 writes = _collect_finished(writes, report, wait=False)
         finally:  # a run stopped by its weights still reports the pairs it wrote before
             _collect_finished(writes, report, wait=True)
+    return in_job_order(outcomes, jobs)
+
+
+def in_job_order(outcomes: list[PairOutcome], jobs: list[PairJob]) -> list[PairOutcome]:
+    """``outcomes`` sorted as their ``jobs`` are (by output file): worker threads decide pairs in
+    an order that varies from run to run, and a summary must not."""
     position = {job.output: index for index, job in enumerate(jobs)}
     return sorted(outcomes, key=lambda outcome: position[outcome.output])
 

@@ -349,7 +349,7 @@ def _fuse_folders(
 ) -> list[PairOutcome]:
     """Fuse part ``part`` = (num_parts, part_id) of the pairs of two folders into ``output_dir``."""
     from medfuse_cli.pairs import pair_folders, select_part
-    from medfuse_cli.pipeline import PairJob, fuse_folders
+    from medfuse_cli.pipeline import PairJob, fuse_folders, in_job_order
 
     if not (mri_dir.is_dir() and functional_dir.is_dir()):
         raise InputError("give two folders, or two image files, not one of each")
@@ -387,6 +387,6 @@ def _fuse_folders(
                     fusion, jobs, batch_size=batch_size, on_done=report, existing=existing, **reading
                 )
             except MedfuseError as exc:  # the run's weights: pairs decided before it are still reported
-                raise _StoppedRun(exc, decided, len(jobs)) from None
+                raise _StoppedRun(exc, in_job_order(decided, jobs), len(jobs)) from None
     finally:
         remove_if_empty(created)
